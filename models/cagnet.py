@@ -1,0 +1,167 @@
+"""CaGNet: backbone + contextual module, generator and classifier, with one forward per training mode.
+
+State-dict children are registered in the original's order: Em_vis, Em_all, gen, dis, back.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from libs.labels import nearest_resize
+from models.backbone import DeepLabV2, ContextualDeepLab, MultiScaleContextualDeepLab, feature_size
+from models.classifier import Classifier
+from models.contextual import ContextualModule
+from models.generator import FeatureGenerator
+from models.pixelwise import to_pixels
+
+
+class EmbeddingTable(nn.Module):
+    """A frozen class-embedding table kept as a buffer (`<name>.weight`), so `.to(device)` moves it."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.register_buffer("weight", weight.detach().clone().float())
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.weight[ids]
+
+
+@dataclass
+class Step1Output:
+    """Everything the step-1 losses need; pixel matrices hold the visible pixels in (n, i, j) raster order.
+
+    kld: scalar. real: h0 at visible pixels (P, F). fake: generated features (P, F). labels: (P,) train ids.
+    pyramid_real: per pyramid map [h0, h0_0.5, h0_0.75, h0_max], its visible pixels (P_k, F);
+    pyramid_labels: their labels (P_k,).
+    """
+    kld: torch.Tensor
+    real: torch.Tensor
+    fake: torch.Tensor
+    labels: torch.Tensor
+    pyramid_real: List[torch.Tensor]
+    pyramid_labels: List[torch.Tensor]
+
+
+@dataclass
+class Step2Output:
+    """labels: (P,) sampled test ids; fake: (P, F) features generated for them from noise codes."""
+    labels: torch.Tensor
+    fake: torch.Tensor
+
+
+class CaGNet(nn.Module):
+    """The composed model. seen_embeddings (256, E): rows by train id, zero beyond S (row 255 = ignore);
+    all_embeddings (S+U, E): rows by test id."""
+
+    def __init__(self, back: MultiScaleContextualDeepLab, gen: FeatureGenerator, dis: Classifier,
+                 seen_embeddings: torch.Tensor, all_embeddings: torch.Tensor, ignore_index: int = 255):
+        super().__init__()
+        self.Em_vis = EmbeddingTable(seen_embeddings)
+        self.Em_all = EmbeddingTable(all_embeddings)
+        self.gen = gen
+        self.dis = dis
+        self.back = back
+        self.ignore_index = ignore_index
+        self.num_classes = all_embeddings.shape[0]
+
+    # ---- shapes -------------------------------------------------------------------------------------
+    @staticmethod
+    def feature_shape(height: int, width: int):
+        return feature_size(height), feature_size(width)
+
+    def pyramid_shapes(self, height: int, width: int):
+        """Feature sizes of the pyramid maps [full, 0.5, 0.75, max] for an input size, without a forward."""
+        full = self.feature_shape(height, width)
+        scaled = [self.feature_shape(int(height * p), int(width * p)) for p in self.back.pyramid_scales]
+        return [full, *scaled, full]
+
+    def has_visible_pixels(self, labels: torch.Tensor, image_size) -> bool:
+        """The original's "meaningless batch" test, done before any forward: every map of the pyramid needs
+        a visible pixel. labels (N, H', W'); image_size (H, W) of the network input."""
+        return all(bool((nearest_resize(labels, size) != self.ignore_index).any())
+                   for size in self.pyramid_shapes(*image_size))
+
+    # ---- forwards -----------------------------------------------------------------------------------
+    def step1(self, images: torch.Tensor, labels: torch.Tensor) -> Optional[Step1Output]:
+        """images (N, 3, H, W); labels (N, H', W') train ids (any resolution; resized nearest per map).
+
+        Returns None for a batch with no visible pixel at some scale (the original skips it).
+        """
+        if not self.has_visible_pixels(labels, images.shape[-2:]):
+            return None
+        h, w = self.feature_shape(*images.shape[-2:])
+        y = nearest_resize(labels, (h, w))
+        visible = y != self.ignore_index
+        out = self.back(images, visible, pyramid=True)
+        mask = visible.reshape(-1)
+        y_vis = y.reshape(-1)[mask]
+        real = to_pixels(out.h0)[mask]
+        code = to_pixels(out.z)[mask]
+        # Faithful to the original: the generator's input is detached, so no generator loss reaches `back`.
+        fake = self.gen(self.Em_vis(y_vis), code.detach())
+        pyramid_real, pyramid_labels = [], []
+        for feat in out.pyramid:
+            yk = nearest_resize(labels, feat.shape[-2:]).reshape(-1)
+            keep = yk != self.ignore_index
+            pyramid_real.append(to_pixels(feat)[keep])
+            pyramid_labels.append(yk[keep])
+        return Step1Output(out.kld, real, fake, y_vis, pyramid_real, pyramid_labels)
+
+    def step2(self, num_pixels: int, class_prior: torch.Tensor, generator: Optional[torch.Generator] = None
+              ) -> Step2Output:
+        """Generate features for num_pixels pixels whose test ids are drawn i.i.d. from class_prior (S+U,).
+
+        Needs no image: the original ran the backbone on the last batch only to read N*h*w.
+        """
+        device = self.Em_all.weight.device
+        labels = torch.multinomial(class_prior.to(device), num_pixels, replacement=True, generator=generator)
+        noise = torch.randn(num_pixels, self.back.scale.context.contextuallocalmu.conv.out_channels,
+                            device=device, generator=generator)
+        return Step2Output(labels, self.gen(self.Em_all(labels), noise))
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits (N, C, h, w) from the full-scale h0 only (no pyramid); the caller sets eval mode."""
+        return self.dis.logit_maps(self.back(images).h0)
+
+
+def unseen_prior(num_seen: int, num_unseen: int, unseen_rate: float) -> torch.Tensor:
+    """Step-2 class prior over test ids: 1 for seen, 1 + gen_unseen_rate for unseen (unnormalised)."""
+    return torch.cat([torch.ones(num_seen), torch.full((num_unseen,), 1.0 + unseen_rate)])
+
+
+def build_cagnet(seen_embeddings: torch.Tensor, all_embeddings: torch.Tensor, num_outputs: int, *,
+                 feat_dim: int = 600, n_blocks: Sequence[int] = (3, 4, 23, 3), base_width: int = 64,
+                 atrous_rates: Sequence[int] = (6, 12, 18, 24), context_width: int = 256,
+                 gen_hidden: Sequence[int] = (1024, 960, 864, 784, 720),
+                 gen_dropout: Sequence[float] = (0.1, 0.1, 0.3, 0.5, 0.5),
+                 dis_hidden: int = 1024, dis_dropout: float = 0.5, ignore_index: int = 255) -> CaGNet:
+    """Build the model from explicit sizes; the defaults are the paper's."""
+    back = MultiScaleContextualDeepLab(ContextualDeepLab(
+        DeepLabV2(feat_dim, n_blocks, atrous_rates, base_width), ContextualModule(feat_dim, context_width)))
+    gen = FeatureGenerator(seen_embeddings.shape[1] + feat_dim, feat_dim, gen_hidden, gen_dropout)
+    dis = Classifier(feat_dim, dis_hidden, num_outputs, dis_dropout)
+    return CaGNet(back, gen, dis, seen_embeddings, all_embeddings, ignore_index)
+
+
+def init_weights(model: nn.Module, scheme: str = "kaiming") -> None:
+    """Faithful to the original: every Conv2d/Linear weight re-initialised (overwriting ASPP's N(0, 0.01)),
+    biases zeroed; BatchNorm and the embedding tables untouched."""
+    schemes = {
+        "kaiming": lambda w: nn.init.kaiming_normal_(w, a=0, mode="fan_in", nonlinearity="relu"),
+        "gaussian": lambda w: nn.init.normal_(w, 0.0, 0.02),
+        "xavier": lambda w: nn.init.xavier_normal_(w, gain=2 ** 0.5),
+        "orthogonal": lambda w: nn.init.orthogonal_(w, gain=2 ** 0.5),
+    }
+    if scheme == "default":
+        return
+    if scheme not in schemes:
+        raise ValueError(f"init: unknown scheme {scheme!r}; expected one of {sorted(schemes) + ['default']}")
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            with torch.no_grad():
+                schemes[scheme](module.weight)
+                if module.bias is not None:
+                    module.bias.zero_()

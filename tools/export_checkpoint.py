@@ -1,0 +1,28 @@
+"""Export one of our checkpoints to the exact layout of the authors' release ({'iteration', 'state_dict'}).
+
+    python tools/export_checkpoint.py Results/voc12/0/models_transfer/00006000.pth voc12_ours.pth
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from libs.checkpoint import atomic_save, export_original, read_checkpoint  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="one of our snapshots (Results/<dataset>/<id>/models*/NNNNNNNN.pth)")
+    parser.add_argument("output", help="where to write the original-layout file")
+    parser.add_argument("--iteration", type=int, default=None, help="override the stored iteration number")
+    args = parser.parse_args(argv)
+    if os.path.abspath(args.checkpoint) == os.path.abspath(args.output):
+        parser.error("output must differ from the input: exporting never overwrites a checkpoint")
+    exported = export_original(read_checkpoint(args.checkpoint), args.iteration)
+    atomic_save(exported, args.output)
+    print(f"wrote {args.output}: iteration {exported['iteration']}, {len(exported['state_dict'])} tensors")
+
+
+if __name__ == "__main__":
+    main()

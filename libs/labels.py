@@ -30,7 +30,7 @@ def nearest_resize(labels, size):
     rows = nearest_indices(in_h, out_h)
     cols = nearest_indices(in_w, out_w)
     if isinstance(labels, torch.Tensor):
-        rows_t = torch.from_numpy(rows).to(labels.device)
-        cols_t = torch.from_numpy(cols).to(labels.device)
+        rows_t = torch.tensor(rows, device=labels.device)
+        cols_t = torch.tensor(cols, device=labels.device)
         return labels.index_select(-2, rows_t).index_select(-1, cols_t)
     return labels[..., rows[:, None], cols[None, :]]

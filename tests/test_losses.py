@@ -1,0 +1,253 @@
+import math
+
+import pytest
+import torch
+
+from libs import losses
+from libs.losses import (MMD_SIGMAS, classification_loss, discriminator_gan_loss, generator_gan_loss,
+                         gradient_penalty, mmd_content_loss)
+
+# One image 2x2: three visible pixels (top-right ignored).
+REAL = torch.tensor([[[[0.9, 0.2], [0.6, 0.5]]]])
+FAKE = torch.tensor([[[[0.3, 0.8], [0.1, 0.2]]]])
+MASK = torch.tensor([[[True, False], [True, True]]])
+
+
+def test_lsgan_is_masked_l1():
+    d = discriminator_gan_loss(REAL, FAKE, MASK, "lsgan")
+    assert d["D_real"].item() == pytest.approx((0.1 + 0.4 + 0.5) / 3)
+    assert d["D_fake"].item() == pytest.approx((0.3 + 0.1 + 0.2) / 3)
+    assert generator_gan_loss(FAKE, MASK, "lsgan").item() == pytest.approx((0.7 + 0.9 + 0.8) / 3)
+
+
+def test_gan_is_masked_bce():
+    d = discriminator_gan_loss(REAL, FAKE, MASK, "gan")
+    assert d["D_real"].item() == pytest.approx(-(math.log(0.9) + math.log(0.6) + math.log(0.5)) / 3, rel=1e-6)
+    assert d["D_fake"].item() == pytest.approx(-(math.log(0.7) + math.log(0.9) + math.log(0.8)) / 3, rel=1e-6)
+    g = generator_gan_loss(FAKE, MASK, "gan").item()
+    assert g == pytest.approx(-(math.log(0.3) + math.log(0.1) + math.log(0.2)) / 3, rel=1e-6)
+
+
+@pytest.mark.parametrize("gan_type", ["wgan", "wgan-gp"])
+def test_wgan_on_sigmoid_scores(gan_type):
+    d = discriminator_gan_loss(REAL, FAKE, MASK.unsqueeze(1), gan_type)  # (N,1,h,w) mask works too
+    assert d["D_real"].item() == pytest.approx(-(0.9 + 0.6 + 0.5) / 3)
+    assert d["D_fake"].item() == pytest.approx((0.3 + 0.1 + 0.2) / 3)
+    assert generator_gan_loss(FAKE, MASK, gan_type).item() == pytest.approx(-(0.3 + 0.1 + 0.2) / 3)
+
+
+def test_gan_loss_gradient_only_from_visible_pixels():
+    fake = FAKE.clone().requires_grad_(True)
+    generator_gan_loss(fake, MASK, "lsgan").backward()
+    assert torch.allclose(fake.grad, torch.tensor([[[[-1 / 3, 0.0], [-1 / 3, -1 / 3]]]]))
+
+
+def test_gan_loss_bad_type_and_empty_mask():
+    with pytest.raises(ValueError, match="gan_type.*lsgan"):
+        discriminator_gan_loss(REAL, FAKE, MASK, "hinge")
+    with pytest.raises(ValueError, match="gan_type"):
+        generator_gan_loss(FAKE, MASK, "LSGAN")
+    empty = torch.zeros_like(MASK)
+    assert discriminator_gan_loss(REAL, FAKE, empty, "lsgan") is None
+    assert generator_gan_loss(FAKE, empty, "lsgan") is None
+
+
+def test_gradient_penalty_linear_critic_by_hand():
+    # score(x) = 0.6 x_0 + 0.8 x_1 per pixel: the gradient is w at every pixel whatever alpha is, so the
+    # masked per-sample norm is sqrt(#visible) * |w| = sqrt(2) and 1 for the two samples below.
+    conv = torch.nn.Conv2d(2, 1, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([0.6, 0.8]).view(1, 2, 1, 1))
+    real, fake = torch.randn(2, 2, 2, 2), torch.randn(2, 2, 2, 2)
+    mask = torch.tensor([[[True, True], [False, False]], [[False, False], [False, True]]])
+    gp = gradient_penalty(conv, real, fake, mask, weight=10.0)
+    assert gp.item() == pytest.approx(10.0 * (math.sqrt(2) - 1) ** 2 / 2, rel=1e-5)
+    # create_graph: the penalty trains the critic; d gp / d w = 10 * sum_n (sqrt(v_n) - 1) sqrt(v_n) * w.
+    gp.backward()
+    expected = 10.0 * (2 - math.sqrt(2)) * torch.tensor([0.6, 0.8])
+    assert torch.allclose(conv.weight.grad.flatten(), expected, rtol=1e-5)
+
+
+def test_gradient_penalty_per_sample_alpha():
+    # score = sum_c x_c^2 per pixel: gradient 2 x_hat = 2 alpha_n on every channel (real 1, fake 0).
+    real, fake = torch.ones(2, 3, 2, 2), torch.zeros(2, 3, 2, 2)
+    mask = torch.ones(2, 2, 2, dtype=torch.bool)
+    gen = torch.Generator().manual_seed(0)
+    gp = gradient_penalty(lambda x: (x ** 2).sum(1, keepdim=True), real, fake, mask, 1.0, generator=gen)
+    alpha = torch.rand((2, 1, 1, 1), generator=torch.Generator().manual_seed(0)).flatten()
+    assert alpha[0] != alpha[1]
+    norms = 2 * alpha * math.sqrt(3 * 4)
+    assert gp.item() == pytest.approx(((norms - 1) ** 2).mean().item(), rel=1e-5)
+
+
+def test_classification_loss_and_accuracy_by_hand():
+    # 2 classes, 1x3 image: pixel 0 logits (1, 0) label 0 -> right; pixel 1 (ln 3, 0) label 1 -> wrong;
+    # pixel 2 ignored.
+    logits = torch.tensor([[[[1.0, math.log(3.0), 5.0]], [[0.0, 0.0, -5.0]]]], requires_grad=True)
+    labels = torch.tensor([[[0, 1, 255]]])
+    loss, acc = classification_loss(logits, labels)
+    expected = (math.log(1 + math.exp(-1)) + math.log(4.0)) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert acc.item() == pytest.approx(0.5)
+    assert not acc.requires_grad
+    loss.backward()
+    assert torch.all(logits.grad[..., 2] == 0)
+
+
+def test_classification_loss_no_valid_pixel_is_none():
+    assert classification_loss(torch.randn(1, 3, 2, 2), torch.full((1, 2, 2), 255)) is None
+
+
+# ---------------------------------------------------------------- MMD content loss
+
+def reference_mmd(fake, real, labels, mask, sigmas=MMD_SIGMAS):
+    """Straightforward version: walk visible pixels in raster order, cut runs of equal labels, then
+    per run build every pairwise difference explicitly."""
+    n, c, h, w = fake.shape
+    runs, current, last = [], [], None
+    for b in range(n):
+        for i in range(h):
+            for j in range(w):
+                if not mask[b, i, j]:
+                    continue
+                label = int(labels[b, i, j])
+                if current and label != last:
+                    runs.append(current)
+                    current = []
+                current.append((b, i, j))
+                last = label
+    if current:
+        runs.append(current)
+    if not runs:
+        return None
+    total = 0
+    for run in runs:
+        x = torch.stack([fake[b, :, i, j] for b, i, j in run])
+        y = torch.stack([real[b, :, i, j] for b, i, j in run])
+
+        def mean_k(a, bb):
+            d2 = ((a[:, None, :] - bb[None, :, :]) ** 2).sum(-1)
+            return sum(torch.exp(-d2 / (2 * s)).mean() for s in sigmas)
+
+        value = mean_k(x, x) / 2 + mean_k(y, y) / 2 - mean_k(x, y)
+        total = total + (torch.sqrt(value) if value > 0 else 0 * value)
+    return total / len(runs)
+
+
+def _features(values):
+    """(N, h, w, F) nested lists -> (N, F, h, w) float64."""
+    return torch.tensor(values, dtype=torch.float64).permute(0, 3, 1, 2).contiguous()
+
+
+def test_mmd_single_pixel_runs():
+    # 1x1x3 image, labels 0,1,0: three runs of one pixel, squared distances 1, 4 and 0.
+    fake = _features([[[[1.0, 0.0], [2.0, 0.0], [5.0, 5.0]]]])
+    real = _features([[[[0.0, 0.0], [0.0, 0.0], [5.0, 5.0]]]])
+    labels = torch.tensor([[[0, 1, 0]]])
+    loss = mmd_content_loss(fake, real, labels, labels != 255)
+    per_run = [math.sqrt(sum(1 - math.exp(-d2 / (2 * s)) for s in MMD_SIGMAS)) for d2 in (1.0, 4.0)]
+    assert loss.item() == pytest.approx((per_run[0] + per_run[1] + 0.0) / 3, rel=1e-9)
+
+
+def _two_pixel_run_value():
+    # x = (0, 2), y = (1, 1) in 1-D: k(x,x) has d2 0,4,4,0; k(y,y) all 0; k(x,y) all 1.
+    a = sum((2 + 2 * math.exp(-4 / (2 * s))) / 4 / 2 + 0.5 - math.exp(-1 / (2 * s)) for s in MMD_SIGMAS)
+    return math.sqrt(a)
+
+
+def test_mmd_run_merges_across_images():
+    fake = _features([[[[0.0]]], [[[2.0]]]])
+    real = _features([[[[1.0]]], [[[1.0]]]])
+    labels = torch.tensor([[[3]], [[3]]])
+    loss = mmd_content_loss(fake, real, labels, labels != 255)
+    assert loss.item() == pytest.approx(_two_pixel_run_value(), rel=1e-9)
+
+
+def test_mmd_run_merges_across_ignored_gap_and_row_end():
+    # Row 0: 3, ignored, ..., row 1: 3 -> the two visible pixels form one run.
+    fake = _features([[[[0.0], [9.0]], [[2.0], [7.0]]]])
+    real = _features([[[[1.0], [9.0]], [[1.0], [0.0]]]])
+    labels = torch.tensor([[[3, 255], [3, 255]]])
+    loss = mmd_content_loss(fake, real, labels, labels != 255)
+    assert loss.item() == pytest.approx(_two_pixel_run_value(), rel=1e-9)
+    # Separated by a visible pixel of another class: three runs instead.
+    labels_split = torch.tensor([[[3, 4], [3, 255]]])
+    single = [math.sqrt(sum(1 - math.exp(-d2 / (2 * s)) for s in MMD_SIGMAS)) for d2 in (1.0, 1.0)]
+    split = mmd_content_loss(fake, real, labels_split, labels_split != 255)
+    assert split.item() == pytest.approx((single[0] + 0.0 + single[1]) / 3, rel=1e-9)
+
+
+def _random_case(seed, n=2, c=4, h=5, w=6, classes=3, ignore_rate=0.3, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, classes, (n, h, w), generator=gen)
+    # Mostly horizontal stretches so that long runs occur next to single-pixel ones.
+    labels[:, :, 1::2] = labels[:, :, 0::2][..., : labels[:, :, 1::2].shape[-1]]
+    labels[torch.rand(n, h, w, generator=gen) < ignore_rate] = 255
+    fake = torch.randn(n, c, h, w, generator=gen, dtype=dtype)
+    real = torch.randn(n, c, h, w, generator=gen, dtype=dtype)
+    return fake, real, labels
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mmd_matches_reference_value_and_gradients(seed):
+    fake, real, labels = _random_case(seed)
+    mask = labels != 255
+    f1, r1 = fake.clone().requires_grad_(True), real.clone().requires_grad_(True)
+    f2, r2 = fake.clone().requires_grad_(True), real.clone().requires_grad_(True)
+    ours = mmd_content_loss(f1, r1, labels, mask)
+    ref = reference_mmd(f2, r2, labels, mask)
+    lengths = torch.unique_consecutive(labels[mask], return_counts=True)[1]
+    assert lengths.numel() > 10 and lengths.max() > 2 and (lengths == 1).any()
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-9)
+    ours.backward()
+    ref.backward()
+    assert torch.allclose(f1.grad, f2.grad, rtol=1e-7, atol=1e-10)
+    assert torch.allclose(r1.grad, r2.grad, rtol=1e-7, atol=1e-10)
+    assert torch.all(f1.grad[~mask.unsqueeze(1).expand_as(f1)] == 0)
+
+
+def test_mmd_long_runs_processed_in_blocks(monkeypatch):
+    # A tiny block budget forces row-blocking inside one run and one run per batched call.
+    monkeypatch.setattr(losses, "_MMD_BLOCK_ELEMENTS", 7)
+    fake, real, labels = _random_case(3, n=2, h=4, w=8, classes=2, ignore_rate=0.1)
+    labels[0, :3] = 1  # one run of >= 20 pixels
+    mask = labels != 255
+    f1, f2 = fake.clone().requires_grad_(True), fake.clone().requires_grad_(True)
+    ours = mmd_content_loss(f1, real, labels, mask)
+    ref = reference_mmd(f2, real, labels, mask)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-9)
+    ours.backward()
+    ref.backward()
+    assert torch.allclose(f1.grad, f2.grad, rtol=1e-7, atol=1e-10)
+
+
+def test_mmd_kernel_sum_gradcheck():
+    gen = torch.Generator().manual_seed(4)
+    a = torch.randn(2, 3, 2, dtype=torch.float64, generator=gen, requires_grad=True)
+    b = torch.randn(2, 4, 2, dtype=torch.float64, generator=gen, requires_grad=True)
+    valid_a = torch.tensor([[True, True, False], [True, True, True]])
+    valid_b = torch.tensor([[True, False, True, True], [True, True, True, False]])
+    fn = lambda x, y: losses._PairKernelSum.apply(x, y, valid_a, valid_b, (2.0, 5.0))  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (a, b))
+
+
+def test_mmd_identical_fake_and_real_is_zero_with_zero_gradient():
+    fake, _, labels = _random_case(5, c=16, h=8, w=8, dtype=torch.float32)
+    fake = fake * 3
+    real = fake.clone()
+    f = fake.clone().requires_grad_(True)
+    loss = mmd_content_loss(f, real, labels, labels != 255)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.isfinite(f.grad).all() and torch.all(f.grad == 0)
+
+
+def test_mmd_accepts_4d_mask_and_returns_none_without_visible_pixels():
+    fake, real, labels = _random_case(6)
+    mask = labels != 255
+    a = mmd_content_loss(fake, real, labels, mask)
+    b = mmd_content_loss(fake, real, labels, mask.unsqueeze(1))
+    assert a.item() == b.item()
+    assert mmd_content_loss(fake, real, labels, torch.zeros_like(mask)) is None
+    with pytest.raises(ValueError, match="labels and mask"):
+        mmd_content_loss(fake, real, labels[:, :-1], mask)

@@ -1,0 +1,217 @@
+"""The zero-shot segmentation loader shared by Pascal-VOC, Pascal-Context and COCO-Stuff (method-spec §6.3).
+
+One class serves all three benchmarks because they share the on-disk layout
+`<root>/images/<subdir>/<stem>.jpg` + `<root>/annotations/<subdir>/<stem>.png` and differ only in their class
+splits. The transform reproduces the original `LoaderZLS` step by step (mean subtraction in BGR, warp to
+base×base, random scale, pad, random crop, flip, raw → train id), but draws its randomness from a generator
+seeded by (seed, epoch, index) instead of Python's per-worker `random`, so the crops do not depend on the
+number of DataLoader workers and any epoch of a resumed run can be replayed.
+"""
+import os
+from typing import List, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from libs.labels import nearest_resize
+
+from .splits import IGNORE_INDEX, README_LAYOUT_SECTION, ClassSplits
+
+_SINGLE_CHANNEL_MODES = ('P', 'L', '1', 'I', 'I;16', 'I;16L', 'I;16B')
+
+
+class ZeroShotSegmentation(torch.utils.data.Dataset):
+    """Images and label maps of one split, transformed for training or testing.
+
+    Args:
+        root: dataset root (config key ROOT), holding `images/` and `annotations/`.
+        entries: (subdir, stem) pairs, e.g. from `load_split_list`.
+        splits: class splits; `splits.train_map` turns raw labels into train ids in training mode.
+        train: True → augmented crops with train ids; False → warped full image with raw labels and the id.
+        mean_bgr: per-channel mean subtracted from the BGR image (IMAGE.MEAN.B, .G, .R); no std division.
+        crop_size: training crop side (IMAGE.SIZE.TRAIN).
+        base_size: side of the pre-scaled image (513 in the original).
+        warp: WARP_IMAGE; True → base×base ignoring aspect; False → longer side = base, aspect kept.
+        scale_range: (low, high) of the uniform training scale factor.
+        flip: horizontal flip with probability 0.5 in training.
+        ignore_index: train id of unseen/background/void/padding pixels.
+        seed: augmentation seed; item i of epoch e uses numpy.random.default_rng([seed, e, i]).
+
+    Items:
+        train: image float32 (3, crop, crop), label int64 (crop, crop) with values in {0..S-1, ignore_index}.
+        test: image float32 (3, base, base) (warp on), raw label int64 (base, base), image id (the stem).
+    """
+
+    def __init__(self, root: str, entries: Sequence[Tuple[str, str]], splits: ClassSplits, train: bool,
+                 mean_bgr=(104.008, 116.669, 122.675), crop_size: int = 368, base_size: int = 513,
+                 warp: bool = True, scale_range=(0.5, 1.5), flip: bool = True, ignore_index: int = IGNORE_INDEX,
+                 seed: int = 0):
+        self.root = root
+        self.entries: List[Tuple[str, str]] = [(str(s), str(t)) for s, t in entries]
+        self.splits = splits
+        self.train = bool(train)
+        if len(mean_bgr) != 3:
+            raise ValueError(f"mean_bgr must have 3 values (B, G, R), got {mean_bgr!r}")
+        self.mean_bgr = np.asarray(mean_bgr, dtype=np.float32)
+        if int(crop_size) <= 0 or int(base_size) <= 0:
+            raise ValueError(f"crop_size and base_size must be positive, got crop_size={crop_size}, "
+                             f"base_size={base_size}")
+        self.crop_size = int(crop_size)
+        self.base_size = int(base_size)
+        self.warp = bool(warp)
+        low, high = (float(v) for v in scale_range)
+        if not 0 < low <= high:
+            raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range!r}")
+        self.scale_range = (low, high)
+        self.flip = bool(flip)
+        self.ignore_index = int(ignore_index)
+        if int(seed) < 0:
+            raise ValueError(f"seed must be >= 0 (numpy SeedSequence), got {seed}")
+        self.seed = int(seed)
+        self.epoch = 0
+        if not self.entries:
+            raise ValueError(f"ZeroShotSegmentation({root}): the list of images is empty; the split list must "
+                             f"name at least one '<subdir>/<stem>' entry")
+        self._check_layout()
+
+    def _check_layout(self) -> None:
+        """Fail at construction, not hours into training, when the root or one of its subdirs is missing."""
+        expected = (f"expected {self.root}/images/<subdir>/<stem>.jpg and {self.root}/annotations/<subdir>/"
+                    f"<stem>.png with <subdir> = train, val (voc12, context) or train2017, val2017 (cocostuff); "
+                    f"see {README_LAYOUT_SECTION}")
+        if not os.path.isdir(self.root):
+            raise FileNotFoundError(f"dataset root {self.root} (config key ROOT) does not exist; {expected}")
+        for sub in sorted({s for s, _ in self.entries}):
+            for kind in ('images', 'annotations'):
+                path = os.path.join(self.root, kind, sub)
+                if not os.path.isdir(path):
+                    raise FileNotFoundError(f"folder {path} does not exist but the split list has entries in "
+                                            f"subdir {sub!r}; {expected}")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation stream of `epoch`.
+
+        DataLoader workers copy the dataset when an iterator is created, so call this before `iter(loader)`
+        (and do not use persistent_workers, whose copies would keep the old epoch).
+        """
+        if int(epoch) < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __repr__(self) -> str:
+        mode = 'train' if self.train else 'test'
+        return (f"ZeroShotSegmentation(dataset={self.splits.name!r}, root={self.root!r}, mode={mode}, "
+                f"items={len(self)}, base_size={self.base_size}, crop_size={self.crop_size}, warp={self.warp}, "
+                f"seed={self.seed}, epoch={self.epoch})")
+
+    def image_path(self, index: int) -> str:
+        subdir, stem = self.entries[index]
+        return os.path.join(self.root, 'images', subdir, stem + '.jpg')
+
+    def label_path(self, index: int) -> str:
+        subdir, stem = self.entries[index]
+        return os.path.join(self.root, 'annotations', subdir, stem + '.png')
+
+    def read(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Untransformed pair: BGR image float32 (H, W, 3) and raw label int64 (H, W)."""
+        image_path, label_path = self.image_path(index), self.label_path(index)
+        entry = '/'.join(self.entries[index])
+        if not os.path.isfile(image_path):
+            raise FileNotFoundError(f"image {image_path} of list entry {entry!r} does not exist "
+                                    f"(check the list with tools/make_split_list.py --verify)")
+        image = cv2.imread(image_path, cv2.IMREAD_COLOR)
+        if image is None:
+            raise ValueError(f"image {image_path} of list entry {entry!r} could not be decoded by OpenCV "
+                             f"(truncated or not an image file)")
+        if not os.path.isfile(label_path):
+            raise FileNotFoundError(f"annotation {label_path} of list entry {entry!r} does not exist "
+                                    f"(check the list with tools/make_split_list.py --verify)")
+        try:
+            with Image.open(label_path) as pil:
+                mode = pil.mode
+                if mode not in _SINGLE_CHANNEL_MODES:
+                    raise ValueError(f"annotation {label_path} has PIL mode {mode!r}; expected a single-channel "
+                                     f"PNG (palette 'P' or grey 'L') whose pixel values are raw class ids")
+                label = np.array(pil)
+        except (OSError, SyntaxError) as err:
+            raise ValueError(f"annotation {label_path} of list entry {entry!r} could not be read: {err}") from err
+        if label.shape != image.shape[:2]:
+            raise ValueError(f"annotation {label_path} is {label.shape[0]}x{label.shape[1]} (HxW) but its image "
+                             f"{image_path} is {image.shape[0]}x{image.shape[1]}; they must have the same size")
+        label = label.astype(np.int64)
+        if label.size and (label.min() < 0 or label.max() > 255):
+            raise ValueError(f"annotation {label_path} has values in {label.min()}..{label.max()}; raw labels "
+                             f"must be 0..255 (255 = void)")
+        return image.astype(np.float32), label
+
+    def _prescale(self, image: np.ndarray, label: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Warp to base×base, or (warp off) bring the longer side to base keeping the aspect ratio."""
+        h, w = label.shape
+        if self.warp:
+            out_h = out_w = self.base_size
+        else:
+            # The spec gives only "longer side to base, aspect kept"; the shorter side is rounded.
+            ratio = self.base_size / max(h, w)
+            out_h, out_w = max(1, int(round(h * ratio))), max(1, int(round(w * ratio)))
+        return self._resize(image, label, out_h, out_w)
+
+    @staticmethod
+    def _resize(image: np.ndarray, label: np.ndarray, out_h: int, out_w: int) -> Tuple[np.ndarray, np.ndarray]:
+        if image.shape[:2] != (out_h, out_w):
+            image = cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+        return image, nearest_resize(label, (out_h, out_w))
+
+    def _augment(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator
+                 ) -> Tuple[np.ndarray, np.ndarray]:
+        """Random scale, pad to max(base, crop), random crop, random flip (spec §6.3 steps 3–6).
+
+        Draw order from `rng`: scale, crop row offset, crop column offset, flip coin (always drawn, so the
+        stream does not shift when flipping is off).
+        """
+        scale = rng.uniform(*self.scale_range)
+        h, w = label.shape
+        image, label = self._resize(image, label, max(1, int(round(h * scale))), max(1, int(round(w * scale))))
+
+        target = max(self.base_size, self.crop_size)
+        h, w = label.shape
+        pad_h, pad_w = max(target - h, 0), max(target - w, 0)
+        if pad_h or pad_w:
+            top, left = pad_h // 2, pad_w // 2
+            rows, cols = (top, pad_h - top), (left, pad_w - left)
+            # Image 0 is the mean colour (the mean is already subtracted); label 255 is raw void → ignored.
+            image = np.pad(image, (rows, cols, (0, 0)), mode='constant', constant_values=0.0)
+            label = np.pad(label, (rows, cols), mode='constant', constant_values=IGNORE_INDEX)
+
+        h, w = label.shape
+        y = int(rng.integers(0, h - self.crop_size + 1))
+        x = int(rng.integers(0, w - self.crop_size + 1))
+        image = image[y:y + self.crop_size, x:x + self.crop_size]
+        label = label[y:y + self.crop_size, x:x + self.crop_size]
+
+        if rng.random() < 0.5 and self.flip:
+            image, label = image[:, ::-1], label[:, ::-1]
+        return image, label
+
+    def __getitem__(self, index: int):
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        image, label = self.read(index)
+        image -= self.mean_bgr
+        image, label = self._prescale(image, label)
+        if self.train:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            image, label = self._augment(image, label, rng)
+            label = self.splits.train_map[label]
+            if self.ignore_index != IGNORE_INDEX:
+                label = np.where(label == IGNORE_INDEX, self.ignore_index, label)
+        image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+        label = torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64))
+        if self.train:
+            return image, label
+        return image, label, self.entries[index][1]

@@ -5,6 +5,7 @@ Every loss is computed at feature resolution and averaged over *visible* pixels 
 A loss over an empty set of pixels returns ``None`` instead of NaN so the caller can skip the batch
 (design rule 9). The KL term lives with the contextual module that produces mu/logvar.
 """
+import contextlib
 from typing import Callable, Optional, Sequence, Tuple
 
 import torch
@@ -114,7 +115,7 @@ def gradient_penalty(score_fn: Callable[[torch.Tensor], torch.Tensor], real: tor
         raise ValueError(f"real shape {tuple(real.shape)} != fake shape {tuple(fake.shape)}")
     n = real.shape[0]
     alpha = torch.rand((n, 1, 1, 1), generator=generator, dtype=real.dtype,
-                       device="cpu" if generator is None else generator.device).to(real.device)
+                       device=real.device if generator is None else generator.device).to(real.device)
     x_hat = (alpha * real.detach() + (1.0 - alpha) * fake.detach()).requires_grad_(True)
     score = score_fn(x_hat)
     grad = torch.autograd.grad(outputs=score, inputs=x_hat, grad_outputs=torch.ones_like(score),
@@ -154,6 +155,19 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor,
     return loss, accuracy
 
 
+@contextlib.contextmanager
+def _full_precision_matmul(device_type: str):
+    """Disable autocast and TF32 for the expanded distance ||a||^2 + ||b||^2 - 2ab: with 600-d features
+    the cancellation needs true float32 products (TF32's 10-bit mantissa would err by ~0.1 in d^2)."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        with torch.autocast(device_type=device_type, enabled=False):
+            yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
 class _PairKernelSum(torch.autograd.Function):
     """s_b = sum_sigma sum_{i,j} valid_a[b,i] valid_b[b,j] exp(-||a_bi - b_bj||^2 / (2 sigma)).
 
@@ -185,11 +199,12 @@ class _PairKernelSum(torch.autograd.Function):
         ctx.sigmas = tuple(float(s) for s in sigmas)
         ctx.save_for_backward(a, b, valid_a, valid_b)
         total = a.new_zeros(a.shape[0])
-        for _, dist, pair_mask in _PairKernelSum._blocks(a, b, valid_a, valid_b):
-            kernel = torch.zeros_like(dist)
-            for sigma in ctx.sigmas:
-                kernel += torch.exp(dist / (-2.0 * sigma))
-            total += (kernel * pair_mask).sum(dim=(1, 2))
+        with _full_precision_matmul(a.device.type):
+            for _, dist, pair_mask in _PairKernelSum._blocks(a, b, valid_a, valid_b):
+                kernel = torch.zeros_like(dist)
+                for sigma in ctx.sigmas:
+                    kernel += torch.exp(dist / (-2.0 * sigma))
+                total += (kernel * pair_mask).sum(dim=(1, 2))
         return total
 
     @staticmethod
@@ -201,17 +216,18 @@ class _PairKernelSum(torch.autograd.Function):
         grad_b = torch.zeros_like(b) if need_b else None
         if not (need_a or need_b):
             return None, None, None, None, None
-        scale = grad_total.reshape(-1, 1, 1)
-        for rows, dist, pair_mask in _PairKernelSum._blocks(a, b, valid_a, valid_b):
-            weight = torch.zeros_like(dist)
-            for sigma in ctx.sigmas:
-                weight += torch.exp(dist / (-2.0 * sigma)) / sigma
-            weight = weight * pair_mask * scale
-            a_blk = a[:, rows]
-            if need_a:
-                grad_a[:, rows] = torch.bmm(weight, b) - weight.sum(2, keepdim=True) * a_blk
-            if need_b:
-                grad_b += torch.bmm(weight.transpose(1, 2), a_blk) - weight.sum(1).unsqueeze(2) * b
+        scale = grad_total.reshape(-1, 1, 1).to(a.dtype)
+        with _full_precision_matmul(a.device.type):
+            for rows, dist, pair_mask in _PairKernelSum._blocks(a, b, valid_a, valid_b):
+                weight = torch.zeros_like(dist)
+                for sigma in ctx.sigmas:
+                    weight += torch.exp(dist / (-2.0 * sigma)) / sigma
+                weight = weight * pair_mask * scale
+                a_blk = a[:, rows]
+                if need_a:
+                    grad_a[:, rows] = torch.bmm(weight, b) - weight.sum(2, keepdim=True) * a_blk
+                if need_b:
+                    grad_b += torch.bmm(weight.transpose(1, 2), a_blk) - weight.sum(1).unsqueeze(2) * b
         return grad_a, grad_b, None, None, None
 
 

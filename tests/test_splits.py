@@ -151,3 +151,11 @@ def test_build_class_splits_keeps_given_order():
     assert s.test_map[:4].tolist() == [255, 1, 2, 0]
     assert s.test_names == ['c', 'a', 'b']
 
+
+
+def test_readme_sections_named_in_errors_exist():
+    from libs.datasets.splits import README_COCO_TRAIN_SECTION, README_LAYOUT_SECTION
+    with open(os.path.join(DATADIR, 'README.md')) as f:
+        headings = [line[3:].strip() for line in f if line.startswith('## ')]
+    for ref in (README_LAYOUT_SECTION, README_COCO_TRAIN_SECTION):
+        assert ref.split('section "')[1].rstrip('"') in headings

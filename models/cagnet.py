@@ -34,6 +34,7 @@ class Step1Output:
     """Everything the step-1 losses need; pixel matrices hold the visible pixels in (n, i, j) raster order.
 
     kld: scalar. real: h0 at visible pixels (P, F). fake: generated features (P, F). labels: (P,) train ids.
+    visible: bool (N, h, w), where the pixel matrices come from.
     pyramid_real: per pyramid map [h0, h0_0.5, h0_0.75, h0_max], its visible pixels (P_k, F);
     pyramid_labels: their labels (P_k,).
     """
@@ -41,6 +42,7 @@ class Step1Output:
     real: torch.Tensor
     fake: torch.Tensor
     labels: torch.Tensor
+    visible: torch.Tensor
     pyramid_real: List[torch.Tensor]
     pyramid_labels: List[torch.Tensor]
 
@@ -85,8 +87,9 @@ class CaGNet(nn.Module):
                    for size in self.pyramid_shapes(*image_size))
 
     # ---- forwards -----------------------------------------------------------------------------------
-    def step1(self, images: torch.Tensor, labels: torch.Tensor) -> Optional[Step1Output]:
+    def step1(self, images: torch.Tensor, labels: torch.Tensor, backbone_grad: bool = True) -> Optional[Step1Output]:
         """images (N, 3, H, W); labels (N, H', W') train ids (any resolution; resized nearest per map).
+        backbone_grad=False runs the backbone without a graph (frozen backbone: nothing would use it).
 
         Returns None for a batch with no visible pixel at some scale (the original skips it).
         """
@@ -95,7 +98,8 @@ class CaGNet(nn.Module):
         h, w = self.feature_shape(*images.shape[-2:])
         y = nearest_resize(labels, (h, w))
         visible = y != self.ignore_index
-        out = self.back(images, visible, pyramid=True)
+        with torch.set_grad_enabled(backbone_grad and torch.is_grad_enabled()):
+            out = self.back(images, visible, pyramid=True)
         mask = visible.reshape(-1)
         y_vis = y.reshape(-1)[mask]
         real = to_pixels(out.h0)[mask]
@@ -108,7 +112,7 @@ class CaGNet(nn.Module):
             keep = yk != self.ignore_index
             pyramid_real.append(to_pixels(feat)[keep])
             pyramid_labels.append(yk[keep])
-        return Step1Output(out.kld, real, fake, y_vis, pyramid_real, pyramid_labels)
+        return Step1Output(out.kld, real, fake, y_vis, visible, pyramid_real, pyramid_labels)
 
     def step2(self, num_pixels: int, class_prior: torch.Tensor, generator: Optional[torch.Generator] = None
               ) -> Step2Output:

@@ -66,7 +66,7 @@ def build_trainer(cfg: Config, model: CaGNet, splits: ClassSplits, schedule: str
     back_opt, dis_opt, gen_opt = cfg["back_opt"], cfg["dis_opt"], cfg["gen_opt"]
     optimizers = {
         "back": backbone_optimizer(model, back_opt["OPTIMIZER"], learning_rate(cfg, "back", schedule),
-                                   back_opt["WEIGHT_DECAY"], back_opt["MOMENTUM"]),
+                                   back_opt["WEIGHT_DECAY"], back_opt["MOMENTUM"], back_opt.value("lr_multipliers")),
         "dis": make_optimizer(dis_opt["OPTIMIZER"], [{"params": [p for p in model.dis.parameters()]}],
                               learning_rate(cfg, "dis", schedule), dis_opt["weight_decay"]),
         "gen": make_optimizer(gen_opt["OPTIMIZER"], [{"params": [p for p in model.gen.parameters()]}],

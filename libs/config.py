@@ -180,7 +180,10 @@ SCHEMA: tuple = tuple([
     *_optimizer_keys("back", "backbone (groups 1x/5x/10x/20x of the base rate)", (
         _req("back_opt.WEIGHT_DECAY", "float", "L2 weight decay of the backbone's conv weights (ASPP biases: 0).",
              minimum=0.0),
-        _req("back_opt.MOMENTUM", "float", "SGD momentum of the backbone optimizer.", minimum=0.0))),
+        _req("back_opt.MOMENTUM", "float", "SGD momentum of the backbone optimizer.", minimum=0.0),
+        _new("back_opt.lr_multipliers", "float_list", (1.0, 5.0, 10.0, 20.0), "Learning-rate multipliers of the "
+             "backbone groups ResNet convs / contextual convs / ASPP weights / ASPP biases.", length=4,
+             minimum=0.0))),
     *_optimizer_keys("gen", "generator", (
         _req("gen_opt.weight_decay", "float", "L2 weight decay of the generator optimizer.", minimum=0.0),)),
     *_scheduler_keys("dis", "classifier"),

@@ -174,8 +174,10 @@ def fit(trainer, stream: BatchStream, *, schedule: str, start: int, max_iter: in
                         writer.add_scalar(f"{phase}/{k}", v, it)
                 for name, sched in trainer.schedulers.items():
                     writer.add_scalar(f"lr/{name}", sched.optimizer.param_groups[0]["lr"], it)
-        if it % snapshot == 0 or it == max_iter:
+        if it % snapshot == 0:
             save(it, num_pixels)
             evaluate(it)
+        elif it == max_iter:        # the run's last state is always kept; the test run stays on the snapshots
+            save(it, num_pixels)
     if bar:
         bar.close()

@@ -60,11 +60,16 @@ def make_optimizer(kind: str, groups: List[dict], lr: float, weight_decay: float
     raise ValueError(f"OPTIMIZER must be one of sgd, adam, rmsprop; got {kind!r}")
 
 
-def backbone_optimizer(model: CaGNet, kind: str, lr: float, weight_decay: float, momentum: float = 0.9):
+def backbone_optimizer(model: CaGNet, kind: str, lr: float, weight_decay: float, momentum: float = 0.9,
+                       multipliers=None):
+    """multipliers: per group (resnet, contextual, ASPP weights, ASPP biases); default the paper's 1/5/10/20."""
     params = backbone_parameters(model)
+    multipliers = [m for _, m, _ in BACKBONE_GROUPS] if multipliers is None else list(multipliers)
+    if len(multipliers) != len(BACKBONE_GROUPS):
+        raise ValueError(f"back_opt.lr_multipliers needs {len(BACKBONE_GROUPS)} values, got {multipliers}")
     groups = [{"params": params[name], "lr": lr * mult, "lr_mult": mult,
                "weight_decay": weight_decay if decay else 0.0, "name": name}
-              for name, mult, decay in BACKBONE_GROUPS]
+              for (name, _, decay), mult in zip(BACKBONE_GROUPS, multipliers)]
     return make_optimizer(kind, groups, lr, weight_decay, momentum)
 
 

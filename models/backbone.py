@@ -27,6 +27,7 @@ class FrozenBatchNorm2d(nn.BatchNorm2d):
         super().__init__(num_features, eps=1e-5, momentum=0.999, affine=True)
         self.weight.requires_grad_(False)
         self.bias.requires_grad_(False)
+        self.training = False   # frozen from construction on, not only after the first .train() call
 
     def train(self, mode: bool = True):
         return super().train(False)

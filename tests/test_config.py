@@ -28,11 +28,18 @@ SHIPPED = {
     "configs_st_cocostuff.yaml": ("st", {"step1", "mixed", "st"}),
     "configs_st_transfer_voc12.yaml": ("st_mixed", {"st_mixed"}),
     "configs_st_transfer_context.yaml": ("st_mixed", {"st_mixed"}),
+    "demo.yaml": ("step1", {"step1"}),
+    "demo_finetune.yaml": ("mixed", {"mixed"}),
     "configs_st_transfer_cocostuff.yaml": ("st_mixed", {"st_mixed"}),
 }
 
 # A sample of §9.1 / §9.2 values per file (dotted key -> value).
 EXPECTED = {
+    "demo.yaml": {"ITER_MAX": 1500, "back_opt.OPTIMIZER": "adam", "back_opt.lr_multipliers": (1.0, 1.0, 1.0, 1.0),
+                  "back.n_classes": 128, "IMAGE.SIZE.BASE": 64, "back.bn_calibration_batches": 20},
+    "demo_finetune.yaml": {"ITER_MAX_TRANSFER": 1200, "interval_step1": 20, "interval_step2": 20,
+                           "dis_scheduler.lr_policy": "constant", "lambda_D_cls_fake_transfer": 1,
+                           "update_back": False, "init_model": "./Results/demo/0/models/00001500.pth"},
     "voc12.yaml": {
         "snapshot": 2000, "ITER_MAX": 40000, "dis_opt.lr": 0.00025, "back_opt.lr": 0.00025, "gen_opt.lr": 0.0002,
         "dis_scheduler.start_decay_iter": 10000, "dis_scheduler.step_size": 5000, "dis_scheduler.gamma": 0.71,

@@ -73,6 +73,7 @@ def test_shapes_and_output_stride_tiny():
 
 def test_frozen_batchnorm_stays_in_eval_and_untrainable():
     model = tiny_model()
+    assert not model.back.scale.backbone.layer1.conv1.bn.training   # frozen from construction on
     model.train()
     bns = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
     assert len(bns) == 1 + 3 * 4 + 4  # stem + 3 per block + proj per stage

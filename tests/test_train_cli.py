@@ -1,0 +1,137 @@
+"""End to end through the command line: step1 -> mixed -> st -> st_mixed -> --val on a tiny dataset in the
+real layout with a tiny model, plus exact resume and the clear errors."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.datagen import write_dataset
+from tests.e2e_config import ROOT, write_tiny_config
+
+
+def run(*args, expect_ok=True):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    if expect_ok:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    toy = write_dataset(str(tmp / "data"), n_train=6, n_test=3, image_size=[(40, 56), (60, 48)])
+    results = str(tmp / "Results")
+    exp = os.path.join(results, toy.name, "0")
+    cfg = {
+        "step1": write_tiny_config(str(tmp / "step1.yaml"), "voc12", toy, results, ITER_MAX=6, snapshot=3),
+        "mixed": write_tiny_config(str(tmp / "mixed.yaml"), "voc12_finetune", toy, results, ITER_MAX_TRANSFER=8,
+                                   snapshot=4, interval_step1=2, interval_step2=2,
+                                   init_model=os.path.join(exp, "models", "00000006.pth")),
+        "st": write_tiny_config(str(tmp / "st.yaml"), "configs_st_voc12", toy, results, ITER_MAX_ST=4, snapshot=2),
+        "st_mixed": write_tiny_config(str(tmp / "st_mixed.yaml"), "configs_st_transfer_voc12", toy, results,
+                                      ITER_MAX_ST_TRANSFER=4, snapshot=4, interval_step1=1, interval_step2=1),
+    }
+    outputs = {"step1": run("--config", cfg["step1"], "--schedule", "step1", "--seed", "1").stdout}
+    outputs["mixed"] = run("--config", cfg["mixed"], "--schedule", "mixed").stdout
+    outputs["st"] = run("--config", cfg["st"], "--schedule", "st", "--init_model",
+                        os.path.join(exp, "models_transfer", "00000008.pth")).stdout
+    outputs["st_mixed"] = run("--config", cfg["st_mixed"], "--schedule", "st_mixed", "--init_model",
+                              os.path.join(exp, "models_st", "00000004.pth")).stdout
+    pred_dir = str(tmp / "pred")
+    json_path = str(tmp / "scores.json")
+    outputs["val"] = run("--config", cfg["step1"], "--init_model",
+                         os.path.join(exp, "models_st_transfer", "00000004.pth"), "--val",
+                         "--save_predictions", pred_dir, "--results_json", json_path).stdout
+    return dict(tmp=tmp, toy=toy, exp=exp, cfg=cfg, out=outputs, pred_dir=pred_dir, json=json_path,
+                results=results)
+
+
+def test_output_layout_matches_the_original(pipeline):
+    exp = pipeline["exp"]
+    expected = {
+        "models": ["00000003.pth", "00000006.pth"], "models_transfer": ["00000004.pth", "00000008.pth"],
+        "models_st": ["00000002.pth", "00000004.pth"], "models_st_transfer": ["00000004.pth"],
+    }
+    for folder, files in expected.items():
+        assert sorted(os.listdir(os.path.join(exp, folder))) == files
+    for name in ("configs.yaml", "configs_transfer.yaml", "configs_st.yaml", "configs_st_transfer.yaml",
+                 "logs.txt", "logs_transfer.txt", "logs_st.txt", "logs_st_transfer.txt"):
+        assert os.path.isfile(os.path.join(exp, name)), name
+    assert os.path.isfile(os.path.join(pipeline["results"], pipeline["toy"].name, "logs_test.txt"))
+    events = [f for _, _, fs in os.walk(os.path.join(exp, "tensorboard")) for f in fs]
+    assert len(events) == 4 and all(f.startswith("events.out.tfevents") for f in events)
+
+
+def test_checkpoints_hold_original_keys_and_training_state(pipeline):
+    ckpt = torch.load(os.path.join(pipeline["exp"], "models", "00000006.pth"), weights_only=False)
+    assert ckpt["iteration"] == 6
+    assert "back.scale.layer1.conv1.conv.weight" in ckpt["state_dict"]
+    assert "back.scale.contextuallocalmu.conv.weight" in ckpt["state_dict"]
+    state = ckpt["training_state"]
+    assert set(state) == {"trainer", "stream", "rng", "num_pixels", "schedule"}
+    assert state["trainer"]["schedulers"]["dis"]["last_iter"] == 6
+    assert state["num_pixels"] == 2 * 7 * 7           # crop 49 -> 7x7 features, batch 2
+    assert ckpt["config"]["dataset"] == pipeline["toy"].name
+
+
+def test_logs_contain_loss_lines_lrs_and_test_results(pipeline):
+    log = open(os.path.join(pipeline["exp"], "logs.txt")).read()
+    assert "iteration 0: lr dis 0.00025, gen 0.0002, back 0.00025" in log
+    assert "[step1 step1] iter 2/6 G_GAN" in log and "cls_real" in log and "KLD" in log
+    assert log.count("Test results:") == 2
+    mixed = open(os.path.join(pipeline["exp"], "logs_transfer.txt")).read()
+    assert "[mixed step1] iter 2/8" in mixed and "[mixed step2] iter 4/8 cls_fake" in mixed
+    assert "iteration 0: lr dis 5e-05, gen 5e-05, back 0" in mixed
+
+
+def test_val_prints_table_writes_json_and_prediction_pngs(pipeline):
+    out = pipeline["out"]["val"]
+    for row in ("hIoU", "mIoU", "pixel acc.", "mean acc.", "S-mIoU", "U-mIoU"):
+        assert row in out
+    scores = json.load(open(pipeline["json"]))
+    assert set(scores) >= {"hIoU", "mIoU", "pixel_acc", "mean_acc", "S-mIoU", "U-mIoU", "class_iou"}
+    toy = pipeline["toy"]
+    assert list(scores["class_iou"]) == [toy.class_names[i] for i in toy.seen + toy.unseen]
+    for key in ("mIoU", "pixel_acc", "S-mIoU"):
+        assert 0.0 <= scores[key] <= 1.0
+    u = [scores["class_iou"][toy.class_names[i]] for i in toy.unseen]
+    expected_u = np.nanmean([np.nan if v is None else v for v in u]) if any(v is not None for v in u) else None
+    if expected_u is not None:
+        assert scores["U-mIoU"] == pytest.approx(expected_u)
+    stems = sorted(os.listdir(pipeline["pred_dir"]))
+    assert stems == sorted(f"{s}.png" for _, s in toy.test_entries)
+    for name in stems:
+        pred = np.array(Image.open(os.path.join(pipeline["pred_dir"], name)))
+        assert pred.shape == (9, 9)                     # 65x65 input -> 9x9, the metric resolution
+        assert set(np.unique(pred)) <= set(toy.seen + toy.unseen + [255])
+
+
+def test_resume_continues_exactly(pipeline):
+    exp = pipeline["exp"]
+    final = torch.load(os.path.join(exp, "models_transfer", "00000008.pth"), weights_only=False)
+    os.remove(os.path.join(exp, "models_transfer", "00000008.pth"))
+    run("--config", pipeline["cfg"]["mixed"], "--schedule", "mixed", "--resume_from", "4")
+    resumed = torch.load(os.path.join(exp, "models_transfer", "00000008.pth"), weights_only=False)
+    for key, value in final["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    assert resumed["training_state"]["stream"] == final["training_state"]["stream"]
+
+
+def test_bad_invocations_fail_with_clear_messages(pipeline):
+    cfg = pipeline["cfg"]
+    proc = run("--config", cfg["step1"], "--val", "--resume_from", "3", expect_ok=False)
+    assert proc.returncode != 0 and "--val cannot be combined with --resume_from" in proc.stderr
+    proc = run("--config", cfg["st"], "--schedule", "st", expect_ok=False)
+    assert proc.returncode == 2 and "needs a model: pass --init_model" in proc.stderr
+    proc = run("--config", cfg["step1"], "--schedule", "mixed", expect_ok=False)
+    assert proc.returncode == 2 and "ITER_MAX_TRANSFER" in proc.stderr
+    proc = run("--config", cfg["step1"], "--init_model", "missing.pth", "--val", expect_ok=False)
+    assert proc.returncode != 0 and "missing.pth" in proc.stderr
+    proc = run("--config", cfg["step1"], "--schedule", "step1", "--resume_from", "5", expect_ok=False)
+    assert proc.returncode == 2 and "00000005.pth" in proc.stderr

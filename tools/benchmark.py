@@ -1,0 +1,130 @@
+"""Speed benchmark of the training and evaluation steps on synthetic inputs (no dataset needed).
+
+    python tools/benchmark.py                           # paper-size model, VOC shapes, best device
+    python tools/benchmark.py --tiny --device cpu       # seconds on a laptop
+
+Measures, per call: a step-1 iteration (batch N, crop, backbone trained), a step-1 iteration with the
+backbone frozen (mixed), a step-2 iteration, and test-time prediction on a 513x513 image; and, to show what
+the engineering changes buy, the same step-1 iteration done the original's way (every loss back-propagated
+through the whole graph, gradients of other networks discarded) and the test forward with the discarded
+pyramid. Results are printed and written as JSON (--json).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+from libs.schedulers import build_scheduler  # noqa: E402
+from libs.trainer import LossWeights, Trainer, backbone_optimizer, make_optimizer  # noqa: E402
+from models.cagnet import build_cagnet, init_weights  # noqa: E402
+
+TINY = dict(feat_dim=64, n_blocks=(1, 1, 1, 1), base_width=8, atrous_rates=(1, 2, 3, 4), context_width=32,
+            gen_hidden=(128, 96), gen_dropout=(0.1, 0.3), dis_hidden=128)
+
+
+class WholeGraphTrainer(Trainer):
+    """The original's gradient traffic: each loss back-propagated through the whole graph (all parameters),
+    the gradients that do not belong to the stepped network thrown away. Same updates, more work."""
+
+    def _backward(self, net, loss, retain=True):
+        everything = [p for p in self.model.parameters() if p.requires_grad]
+        for p in everything:
+            p.grad = None
+        if loss.requires_grad:
+            loss.backward(retain_graph=retain)
+        keep = {id(p) for p in self.params[net]}
+        for p in everything:
+            if id(p) not in keep:
+                p.grad = None
+            elif p.grad is None:
+                p.grad = torch.zeros_like(p)
+
+
+def build(args, device):
+    seen, unseen = 15, 5
+    em_all = torch.nn.functional.normalize(torch.randn(seen + unseen, 600), dim=1)
+    em_vis = torch.zeros(256, 600)
+    em_vis[:seen] = em_all[:seen]
+    model = build_cagnet(em_vis, em_all, seen + unseen + 1, **(TINY if args.tiny else {}))
+    init_weights(model, "kaiming")
+    return model.to(device)
+
+
+def trainer_for(cls, model, update_back):
+    opts = {"back": backbone_optimizer(model, "sgd", 2.5e-4, 5e-4),
+            "dis": make_optimizer("adam", [{"params": list(model.dis.parameters())}], 2.5e-4, 5e-4),
+            "gen": make_optimizer("adam", [{"params": list(model.gen.parameters())}], 2e-4, 0.0)}
+    scheds = {k: build_scheduler(o, "constant", init_lr=o.param_groups[0]["lr"]) for k, o in opts.items()}
+    weights = LossWeights(D_cls_fake=0.25 if not update_back else 0.0, D_cls_fake_transfer=0.125)
+    return cls(model, opts, scheds, weights, num_seen=15, num_unseen=5, unseen_rate=9.0, update_back=update_back)
+
+
+def timed(fn, device, repeats, warmup=2):
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--tiny", action="store_true", help="a small model (CPU-friendly)")
+    parser.add_argument("--batch", type=int, default=None, help="training batch (default 8; tiny: 4)")
+    parser.add_argument("--crop", type=int, default=None, help="training crop (default 368; tiny: 96)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    batch = args.batch or (4 if args.tiny else 8)
+    crop = args.crop or (96 if args.tiny else 368)
+    test_size = 129 if args.tiny else 513
+    torch.manual_seed(0)
+    model = build(args, device)
+    images = torch.randn(batch, 3, crop, crop, device=device)
+    labels = torch.randint(0, 15, (batch, crop, crop), device=device)
+    labels[:, : crop // 3] = 255                     # a third of the pixels unlabelled, as in VOC
+    test_image = torch.randn(1, 3, test_size, test_size, device=device)
+    h, w = model.feature_shape(crop, crop)
+
+    results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+               "model": "tiny" if args.tiny else "paper (DeepLabv2-ResNet101, F=600)", "batch": batch, "crop": crop,
+               "torch": torch.__version__}
+    ours = trainer_for(Trainer, model, True)
+    results["step1_s"] = timed(lambda: ours.step1(images, labels), device, args.repeats)
+    original = trainer_for(WholeGraphTrainer, model, True)
+    results["step1_whole_graph_backward_s"] = timed(lambda: original.step1(images, labels), device, args.repeats)
+    frozen = trainer_for(Trainer, model, False)
+    results["step1_frozen_backbone_s"] = timed(lambda: frozen.step1(images, labels), device, args.repeats)
+    results["step2_s"] = timed(lambda: frozen.step2(batch * h * w), device, args.repeats)
+    model.eval()
+    with torch.no_grad():
+        results["predict_s"] = timed(lambda: model.predict(test_image), device, args.repeats)
+        results["predict_with_pyramid_s"] = timed(lambda: model.back(test_image, pyramid=True), device, args.repeats)
+    if device.type == "cuda":
+        results["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+    for key, value in results.items():
+        print(f"{key:32s} {value:.4f}" if isinstance(value, float) else f"{key:32s} {value}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()

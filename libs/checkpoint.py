@@ -7,11 +7,12 @@ in the original key layout, so the authors' code (and ours) can load it as an in
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Tuple
 
 import torch
+
+from libs.fileio import atomic_write
 
 # One explicit rename table between the original layout (left) and ours (right). Everything else
 # (Em_vis, Em_all, gen.*, dis.*) has the same name in both.
@@ -112,20 +113,8 @@ def load_model_weights(model: torch.nn.Module, checkpoint, source: str = "<memor
 
 
 def atomic_save(obj, path: str) -> None:
-    """torch.save to a temporary file in the target folder, then rename: a crash never leaves half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """torch.save through a temporary file and a rename: a crash never leaves half a checkpoint."""
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def snapshot(model: torch.nn.Module, iteration: int, training_state: dict | None = None,

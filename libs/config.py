@@ -20,12 +20,13 @@ import difflib
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
+
+from libs.fileio import atomic_write
 
 __all__ = [
     "SCHEMA", "SCHEDULE_SUFFIX", "SCHEDULES", "NETS", "EMBEDDING_DIMS", "Key", "Config", "ConfigError",
@@ -689,19 +690,7 @@ def save_config(cfg: Mapping, path: str | os.PathLike) -> None:
         if key.kind == "flag" and isinstance(_lookup(data, key.path), bool):
             _insert(data, key.path, "t" if _lookup(data, key.path) else "f")
     text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=".config-", suffix=".yaml.tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(str(path), lambda out: out.write(text), binary=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -135,3 +135,24 @@ def test_bad_invocations_fail_with_clear_messages(pipeline):
     assert proc.returncode != 0 and "missing.pth" in proc.stderr
     proc = run("--config", cfg["step1"], "--schedule", "step1", "--resume_from", "5", expect_ok=False)
     assert proc.returncode == 2 and "00000005.pth" in proc.stderr
+
+
+def test_two_process_data_parallel_run_on_cpu(pipeline, tmp_path):
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    cfg = write_tiny_config(str(tmp_path / "ddp.yaml"), "voc12", pipeline["toy"], str(tmp_path / "Results"),
+                            ITER_MAX=4, snapshot=4)
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517",
+                           os.path.join(ROOT, "train.py"), "--config", cfg, "--schedule", "step1", "--multigpus",
+                           "--ngpu", "2", "--device", "cpu"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ckpt = torch.load(str(tmp_path / "Results" / pipeline["toy"].name / "0" / "models" / "00000004.pth"),
+                      weights_only=False)
+    assert ckpt["iteration"] == 4
+    # each rank reads its own half (3) of the 6 training images per epoch, so 4 batches reach epoch 1
+    stream = ckpt["training_state"]["stream"]
+    assert stream["epoch"] >= 1 and 0 < stream["position"] <= 3
+
+
+def test_multigpus_without_torchrun_is_a_clear_error(pipeline):
+    proc = run("--config", pipeline["cfg"]["step1"], "--multigpus", "--ngpu", "2", expect_ok=False)
+    assert proc.returncode == 2 and "torchrun --nproc_per_node" in proc.stderr

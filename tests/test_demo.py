@@ -1,0 +1,70 @@
+"""A shortened `make demo`: data generation, step 1, mixed, evaluation of both, the table and the picture,
+through tools/run_demo.py and train.py with the demo configs (redirected to a temporary folder)."""
+import json
+import os
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from libs.config import load_config
+from tests.e2e_config import ROOT
+from tools import run_demo
+
+UNSEEN = {16, 17, 18, 19, 20}
+
+
+def redirected(name, tmp, **changes):
+    data = load_config(os.path.join(ROOT, "configs", name)).to_dict()
+    data.update(ROOT=str(tmp / "data" / "demo"), datadir=str(tmp / "data"), save_path=str(tmp / "Results"),
+                NUM_WORKERS=0, **changes)
+    path = tmp / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo")
+    step1 = redirected("demo.yaml", tmp)
+    mixed = redirected("demo_finetune.yaml", tmp, interval_step1=5, interval_step2=5)
+    out = tmp / "out"
+    scores = run_demo.main(["--config", step1, "--finetune_config", mixed, "--out", str(out), "--n_train", "40",
+                            "--n_test", "20", "--step1_iters", "40", "--mixed_iters", "30", "--device", "cpu"])
+    return tmp, out, scores
+
+
+def test_demo_data_is_written_in_the_real_layout(demo):
+    tmp, _, _ = demo
+    root = tmp / "data" / "demo"
+    assert len(os.listdir(root / "images" / "train")) == 40 and len(os.listdir(root / "annotations" / "val")) == 20
+    assert np.load(root / "split" / "novel_cls.npy").tolist() == sorted(UNSEEN)
+
+
+def test_demo_scores_are_finite_and_step1_cannot_see_unseen_classes(demo):
+    _, out, scores = demo
+    for stage in ("step1", "mixed"):
+        for key in ("hIoU", "mIoU", "pixel_acc", "mean_acc", "S-mIoU", "U-mIoU"):
+            assert scores[stage][key] is not None and np.isfinite(scores[stage][key]), (stage, key)
+        assert json.load(open(out / f"scores_{stage}.json"))["mIoU"] == scores[stage]["mIoU"]
+    assert scores["step1"]["U-mIoU"] <= scores["mixed"]["U-mIoU"]
+
+
+def unseen_pixels(folder):
+    return sum(int(np.isin(np.array(Image.open(folder / f)), list(UNSEEN)).sum()) for f in os.listdir(folder))
+
+
+def test_mixed_predicts_unseen_classes(demo):
+    _, out, _ = demo
+    assert len(os.listdir(out / "predictions_mixed")) == 20
+    assert unseen_pixels(out / "predictions_mixed") > unseen_pixels(out / "predictions_step1")
+    assert unseen_pixels(out / "predictions_mixed") > 0
+
+
+def test_demo_writes_the_picture_and_the_side_by_side_table(demo):
+    _, out, _ = demo
+    picture = np.array(Image.open(out / "predictions.png"))
+    assert picture.ndim == 3 and picture.shape[0] > 6 * 64 and picture.shape[1] > 4 * 64
+    summary = (out / "summary.txt").read_text()
+    assert "step1" in summary and "mixed" in summary and "U-mIoU" in summary and "hIoU" in summary

@@ -235,6 +235,9 @@ def main(argv=None) -> int:
         progress=progress_bar(args.schedule) if rank == 0 else None)
     if writer is not None:
         writer.close()
+    if world > 1 or args.multigpus:
+        import torch.distributed as dist
+        dist.destroy_process_group()
     return 0
 
 

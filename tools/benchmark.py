@@ -65,17 +65,23 @@ def trainer_for(cls, model, update_back):
     return cls(model, opts, scheds, weights, num_seen=15, num_unseen=5, unseen_rate=9.0, update_back=update_back)
 
 
-def timed(fn, device, repeats, warmup=2):
-    for _ in range(warmup):
+def timed(fn, device, repeats, warmup=2, memory=None, name=None):
+    """Mean seconds per call; with memory (a dict) on CUDA also the peak GiB allocated during the calls."""
+    for _ in range(warmup):           # includes cuDNN's algorithm search, kept out of the memory peak
         fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     for _ in range(repeats):
         fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats
+    seconds = (time.perf_counter() - start) / repeats
+    if memory is not None and device.type == "cuda":
+        memory[name] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return seconds
 
 
 def main(argv=None):
@@ -105,13 +111,18 @@ def main(argv=None):
     results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                "model": "tiny" if args.tiny else "paper (DeepLabv2-ResNet101, F=600)", "batch": batch, "crop": crop,
                "torch": torch.__version__}
+    memory = {}
+
+    def measure(name, fn):
+        results[name + "_s"] = timed(fn, device, args.repeats, memory=memory, name=name)
+
     ours = trainer_for(Trainer, model, True)
-    results["step1_s"] = timed(lambda: ours.step1(images, labels), device, args.repeats)
+    measure("step1", lambda: ours.step1(images, labels))
     original = trainer_for(WholeGraphTrainer, model, True)
-    results["step1_whole_graph_backward_s"] = timed(lambda: original.step1(images, labels), device, args.repeats)
+    measure("step1_whole_graph_backward", lambda: original.step1(images, labels))
     frozen = trainer_for(Trainer, model, False)
-    results["step1_frozen_backbone_s"] = timed(lambda: frozen.step1(images, labels), device, args.repeats)
-    results["step2_s"] = timed(lambda: frozen.step2(batch * h * w), device, args.repeats)
+    measure("step1_frozen_backbone", lambda: frozen.step1(images, labels))
+    measure("step2", lambda: frozen.step2(batch * h * w))
 
     def step2_with_backbone_pass():
         # The original ran the three-scale backbone on the last batch only to read N, h, w.
@@ -119,13 +130,13 @@ def main(argv=None):
             model.eval()
             model.back(images, pyramid=True)
         frozen.step2(batch * h * w)
-    results["step2_with_backbone_pass_s"] = timed(step2_with_backbone_pass, device, args.repeats)
+    measure("step2_with_backbone_pass", step2_with_backbone_pass)
     model.eval()
     with torch.no_grad():
-        results["predict_s"] = timed(lambda: model.predict(test_image), device, args.repeats)
-        results["predict_with_pyramid_s"] = timed(lambda: model.back(test_image, pyramid=True), device, args.repeats)
-    if device.type == "cuda":
-        results["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+        measure("predict", lambda: model.predict(test_image))
+        measure("predict_with_pyramid", lambda: model.back(test_image, pyramid=True))
+    for name, gib in memory.items():
+        results[name + "_peak_gib"] = gib
     for key, value in results.items():
         print(f"{key:32s} {value:.4f}" if isinstance(value, float) else f"{key:32s} {value}")
     if args.json:

@@ -194,10 +194,12 @@ def main(argv=None) -> int:
             for sched in trainer.schedulers.values():
                 sched.load_state_dict({"last_iter": start})
             log.warning("%s holds no training state: optimizer moments and data order restart", path)
-    elif cfg.value("back.bn_calibration_batches", 0) > 0:
+    elif cfg.value("back.bn_calibration_batches", 0) > 0 and init_model in (None, "none"):
         used = calibrate_batchnorm(model, (stream.next()[0] for _ in range(cfg.value("back.bn_calibration_batches"))),
                                    device)
         log.info("estimated the frozen BatchNorm statistics from %d training batches", used)
+    elif cfg.value("back.bn_calibration_batches", 0) > 0:
+        log.info("back.bn_calibration_batches ignored: the BatchNorm statistics come from %s", init_model)
         stream.load_state_dict({"epoch": 0, "position": 0})
     if rank == 0 and args.resume_from <= 0:
         os.makedirs(exp_dir, exist_ok=True)

@@ -39,8 +39,8 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# The shipped VOC files; the second location is the shared read-only copy used while developing.
-VOC_DIR_CANDIDATES = (REPO_ROOT / 'dataset' / 'voc12', Path('/work/shared/dataset/voc12'))
+# The shipped VOC files (class names and word vectors).
+VOC_DIR_CANDIDATES = (REPO_ROOT / 'dataset' / 'voc12',)
 VOC_FILES = ('labels.txt', 'labels_refined.txt', 'word_vectors/word2vec.pkl', 'word_vectors/fasttext.pkl')
 
 SEEN_IDS = tuple(range(1, 16))

@@ -133,10 +133,11 @@ def fit(trainer, stream: BatchStream, *, schedule: str, start: int, max_iter: in
     """
     meters = {"step1": RunningMeans(), "step2": RunningMeans()}
     bar = progress(total=max_iter, initial=start) if progress else None
-    it = start
+    it, reported = start, None
     while it < max_iter:
         phase = training_phase(it, *intervals) if intervals else "step1"
-        if it == start or it % 1000 == 0:
+        if reported != it and (it == start or it % 1000 == 0):
+            reported = it
             lrs = {k: s.optimizer.param_groups[0]["lr"] for k, s in trainer.schedulers.items()}
             log.info("iteration %d: lr dis %.3g, gen %.3g, back %.3g", it, lrs["dis"], lrs["gen"], lrs["back"])
             for m in meters.values():

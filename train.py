@@ -198,9 +198,9 @@ def main(argv=None) -> int:
         used = calibrate_batchnorm(model, (stream.next()[0] for _ in range(cfg.value("back.bn_calibration_batches"))),
                                    device)
         log.info("estimated the frozen BatchNorm statistics from %d training batches", used)
+        stream.load_state_dict({"epoch": 0, "position": 0})     # training still starts at the first batch
     elif cfg.value("back.bn_calibration_batches", 0) > 0:
         log.info("back.bn_calibration_batches ignored: the BatchNorm statistics come from %s", init_model)
-        stream.load_state_dict({"epoch": 0, "position": 0})
     if rank == 0 and args.resume_from <= 0:
         os.makedirs(exp_dir, exist_ok=True)
         save_config(cfg, config_copy)

@@ -156,3 +156,16 @@ def test_two_process_data_parallel_run_on_cpu(pipeline, tmp_path):
 def test_multigpus_without_torchrun_is_a_clear_error(pipeline):
     proc = run("--config", pipeline["cfg"]["step1"], "--multigpus", "--ngpu", "2", expect_ok=False)
     assert proc.returncode == 2 and "torchrun --nproc_per_node" in proc.stderr
+
+
+def test_bn_calibration_does_not_consume_training_batches(pipeline, tmp_path):
+    cfg = write_tiny_config(str(tmp_path / "calib.yaml"), "voc12", pipeline["toy"], str(tmp_path / "Results"),
+                            ITER_MAX=2, snapshot=2, **{"back__bn_calibration_batches": 2})
+    out = run("--config", cfg, "--schedule", "step1").stdout
+    assert "estimated the frozen BatchNorm statistics from 2 training batches" in out
+    ckpt = torch.load(str(tmp_path / "Results" / pipeline["toy"].name / "0" / "models" / "00000002.pth"),
+                      weights_only=False)
+    # training saw the epoch from its first batch on: two batches of 2 (skipped batches would add more)
+    assert ckpt["training_state"]["stream"]["epoch"] == 0
+    bn = ckpt["state_dict"]["back.scale.layer1.conv1.bn.running_var"]
+    assert not torch.allclose(bn, torch.ones_like(bn))

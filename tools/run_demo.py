@@ -49,7 +49,7 @@ def main(argv=None) -> dict:
         print(f"demo data: {data_root} is complete")
     else:
         print(f"demo data: generating {args.n_train} training and {args.n_test} test images into {data_root}")
-        generate_demo(data_root, seed=args.seed, n_train=args.n_train, n_test=args.n_test)
+        generate_demo(data_root, seed=args.seed, n_train=args.n_train, n_test=args.n_test, progress=True)
 
     common = ["--experimentid", args.experimentid, "--seed", str(args.seed), "--device", args.device]
     step1_iters = args.step1_iters or iter_max(step1_cfg, "step1")

@@ -80,11 +80,17 @@ class CaGNet(nn.Module):
         scaled = [self.feature_shape(int(height * p), int(width * p)) for p in self.back.pyramid_scales]
         return [full, *scaled, full]
 
+    def pyramid_labels(self, labels: torch.Tensor, image_size):
+        """labels (N, H', W') resized (nearest) to every pyramid map [full, 0.5, 0.75, max] of an input size."""
+        return [nearest_resize(labels, size) for size in self.pyramid_shapes(*image_size)]
+
     def has_visible_pixels(self, labels: torch.Tensor, image_size) -> bool:
         """The original's "meaningless batch" test, done before any forward: every map of the pyramid needs
         a visible pixel. labels (N, H', W'); image_size (H, W) of the network input."""
-        return all(bool((nearest_resize(labels, size) != self.ignore_index).any())
-                   for size in self.pyramid_shapes(*image_size))
+        return self._all_visible(self.pyramid_labels(labels, image_size))
+
+    def _all_visible(self, label_maps) -> bool:
+        return all(bool((y != self.ignore_index).any()) for y in label_maps)
 
     # ---- forwards -----------------------------------------------------------------------------------
     def step1(self, images: torch.Tensor, labels: torch.Tensor, backbone_grad: bool = True) -> Optional[Step1Output]:
@@ -93,10 +99,10 @@ class CaGNet(nn.Module):
 
         Returns None for a batch with no visible pixel at some scale (the original skips it).
         """
-        if not self.has_visible_pixels(labels, images.shape[-2:]):
+        label_maps = self.pyramid_labels(labels, images.shape[-2:])
+        if not self._all_visible(label_maps):
             return None
-        h, w = self.feature_shape(*images.shape[-2:])
-        y = nearest_resize(labels, (h, w))
+        y = label_maps[0]
         visible = y != self.ignore_index
         with torch.set_grad_enabled(backbone_grad and torch.is_grad_enabled()):
             out = self.back(images, visible, pyramid=True)
@@ -107,8 +113,8 @@ class CaGNet(nn.Module):
         # Faithful to the original: the generator's input is detached, so no generator loss reaches `back`.
         fake = self.gen(self.Em_vis(y_vis), code.detach())
         pyramid_real, pyramid_labels = [], []
-        for feat in out.pyramid:
-            yk = nearest_resize(labels, feat.shape[-2:]).reshape(-1)
+        for feat, yk in zip(out.pyramid, label_maps):
+            yk = yk.reshape(-1)
             keep = yk != self.ignore_index
             pyramid_real.append(to_pixels(feat)[keep])
             pyramid_labels.append(yk[keep])

@@ -16,7 +16,6 @@ import cv2
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from libs.labels import nearest_resize
 from libs.losses import (classification_loss, discriminator_gan_loss, generator_gan_loss, gradient_penalty,

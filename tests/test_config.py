@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from libs.config import (
-    SCHEDULE_SUFFIX, SCHEDULES, SCHEMA, Config, ConfigError, check_schedule_keys, config_reference_markdown,
+    SCHEDULE_SUFFIX, SCHEDULES, SCHEMA, Config, check_schedule_keys, config_reference_markdown,
     iter_max, learning_rate, load_config, save_config, validate_config,
 )
 

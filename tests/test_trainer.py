@@ -1,9 +1,7 @@
-import os
 
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 from libs.labels import nearest_resize
 from libs.datasets import load_class_splits, load_split_list, ZeroShotSegmentation

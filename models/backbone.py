@@ -5,14 +5,15 @@ released weights map onto this network through one prefix table (libs/checkpoint
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Sequence
+from typing import Callable, Iterator, List, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.contextual import ContextOutput, ContextualModule, kl_divergence
+from models.contextual import ContextOutput, ContextualModule
 
 
 class FrozenBatchNorm2d(nn.BatchNorm2d):
@@ -31,6 +32,28 @@ class FrozenBatchNorm2d(nn.BatchNorm2d):
 
     def train(self, mode: bool = True):
         return super().train(False)
+
+    @classmethod
+    @contextlib.contextmanager
+    def calibrating(cls, module: nn.Module) -> Iterator[int]:
+        """Re-estimate the frozen statistics of every FrozenBatchNorm2d in `module` from the batches run through it
+        inside the context (a cumulative average); on exit each one is frozen again with the momentum it had.
+
+        Not in the original, which always starts from pretrained statistics: a randomly initialised backbone with
+        default statistics saturates the sigmoid features (the demo needs this, config back.bn_calibration_batches).
+        Yields the number of BatchNorm layers being calibrated.
+        """
+        layers = [m for m in module.modules() if isinstance(m, cls)]
+        saved = [(bn.momentum, bn.training) for bn in layers]
+        for bn in layers:
+            bn.reset_running_stats()
+            bn.momentum = None          # cumulative average over the calibration batches
+            bn.training = True          # only here may the statistics change; train() cannot switch it on
+        try:
+            yield len(layers)
+        finally:
+            for bn, (momentum, training) in zip(layers, saved):
+                bn.momentum, bn.training = momentum, training
 
 
 class ConvBN(nn.Module):
@@ -158,40 +181,36 @@ class ContextualDeepLab(nn.Module):
         return self.context(self.backbone(x))
 
 
-class BackboneOutput:
-    """kld: scalar; h0, z: full-scale (N, F, h, w); pyramid: [h0, h0_0.5, h0_0.75, h0_max] in training, else None."""
+class MultiScale(nn.Module):
+    """The original's MSC wrapper: the base network `scale` on the input at full scale, and at each pyramid scale
+    (0.5, 0.75) for the maps that get fused by a pixel-wise max.
 
-    __slots__ = ("kld", "h0", "z", "pyramid")
-
-    def __init__(self, kld, h0, z, pyramid):
-        self.kld, self.h0, self.z, self.pyramid = kld, h0, z, pyramid
-
-
-class MultiScaleContextualDeepLab(nn.Module):
-    """The original's MSC wrapper (`back`): inputs at 1, 0.5 and 0.75, fused by a pixel-wise max.
-
-    Only the step-1 real-feature classification loss uses the pyramid; the GAN/MMD target, the latent code
-    and prediction use the full-scale h0. So the pyramid is computed only when asked for (training step 1):
-    the original computed it in eval mode too and threw it away.
+    Generic over the base network: `forward` is the full scale only, `pyramid` runs the extra scales and fuses the
+    map that `select` picks from each output (CaGNet: the augmented feature h0; SPNet: projected class scores).
+    Only the step-1 real-feature classification uses the pyramid; the original also computed it in eval mode and
+    threw it away, so here it is computed only when asked for.
     """
 
-    def __init__(self, scale: ContextualDeepLab, pyramid_scales: Sequence[float] = (0.5, 0.75)):
+    def __init__(self, scale: nn.Module, pyramid_scales: Sequence[float] = (0.5, 0.75)):
         super().__init__()
         self.scale = scale
         self.pyramid_scales = tuple(pyramid_scales)
 
-    def forward(self, x: torch.Tensor, visible: torch.Tensor | None = None, pyramid: bool = False) -> BackboneOutput:
-        """x (N, 3, H, W); visible: bool (N, h, w) at feature resolution for the KL term (None: no KL)."""
-        full = self.scale(x)
-        kld = kl_divergence(full.mu, full.logvar, visible) if visible is not None else None
-        maps = None
-        if pyramid:
-            size = full.h0.shape[-2:]
-            h, w = x.shape[-2:]
-            scaled = [self.scale(F.interpolate(x, size=(int(h * p), int(w * p)), mode="bilinear",
-                                               align_corners=False)).h0 for p in self.pyramid_scales]
-            fused = full.h0
-            for s in scaled:
-                fused = torch.max(fused, F.interpolate(s, size=size, mode="bilinear", align_corners=False))
-            maps = [full.h0, *scaled, fused]
-        return BackboneOutput(kld, full.h0, full.z, maps)
+    def forward(self, x: torch.Tensor):
+        return self.scale(x)
+
+    def scaled_size(self, height: int, width: int, p: float):
+        """Input size of pyramid scale p: floor(H p) x floor(W p), as the original."""
+        return int(height * p), int(width * p)
+
+    def pyramid(self, x: torch.Tensor, full: torch.Tensor, select: Callable = lambda out: out) -> List[torch.Tensor]:
+        """[full, map_0.5, map_0.75, max] where map_p = select(scale(x resized by p)) and max is the pixel-wise max
+        of full and the bilinearly upsampled pyramid maps. x (N, 3, H, W); full: the full-scale map (N, C, h, w)."""
+        size = full.shape[-2:]
+        h, w = x.shape[-2:]
+        scaled = [select(self.scale(F.interpolate(x, size=self.scaled_size(h, w, p), mode="bilinear",
+                                                  align_corners=False))) for p in self.pyramid_scales]
+        fused = full
+        for s in scaled:
+            fused = torch.max(fused, F.interpolate(s, size=size, mode="bilinear", align_corners=False))
+        return [full, *scaled, fused]

@@ -5,17 +5,19 @@ State-dict children are registered in the original's order: Em_vis, Em_all, gen,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-from libs.labels import nearest_resize
-from models.backbone import DeepLabV2, ContextualDeepLab, MultiScaleContextualDeepLab, feature_size
+from models.backbone import ContextualDeepLab, DeepLabV2, MultiScale, feature_size
 from models.classifier import Classifier
-from models.contextual import ContextualModule
+from models.contextual import ContextualModule, kl_divergence
 from models.generator import FeatureGenerator
-from models.pixelwise import to_pixels
+from models.ops import nearest_resize, to_pixels
+
+CONTEXTUAL_CONVS = ("contextual1", "contextual2", "contextual3", "contextualpool", "contextuallocalmu",
+                    "contextuallocalsigma")
 
 
 class EmbeddingTable(nn.Module):
@@ -58,7 +60,7 @@ class CaGNet(nn.Module):
     """The composed model. seen_embeddings (256, E): rows by train id, zero beyond S (row 255 = ignore);
     all_embeddings (S+U, E): rows by test id."""
 
-    def __init__(self, back: MultiScaleContextualDeepLab, gen: FeatureGenerator, dis: Classifier,
+    def __init__(self, back: MultiScale, gen: FeatureGenerator, dis: Classifier,
                  seen_embeddings: torch.Tensor, all_embeddings: torch.Tensor, ignore_index: int = 255):
         super().__init__()
         self.Em_vis = EmbeddingTable(seen_embeddings)
@@ -69,6 +71,36 @@ class CaGNet(nn.Module):
         self.ignore_index = ignore_index
         self.num_classes = all_embeddings.shape[0]
 
+    # ---- anatomy the engine may rely on ---------------------------------------------------------------
+    @property
+    def latent_dim(self) -> int:
+        """Channels of the contextual latent code z (= the feature dim F); step 2 draws noise codes of this size."""
+        return self.back.scale.context.contextuallocalmu.conv.out_channels
+
+    @property
+    def deeplab(self) -> DeepLabV2:
+        """The single-scale DeepLabV2 network: the part with BatchNorm (for statistics calibration)."""
+        return self.back.scale.backbone
+
+    def param_groups(self) -> Dict[str, List[nn.Parameter]]:
+        """Trained parameters by optimizer group (docs/method.md §4): the backbone's `resnet` (1x), `contextual`
+        (5x), `aspp_weight` (10x), `aspp_bias` (20x), and `dis`, `gen`.
+
+        Faithful to the original: the gate conv `fc_1` (its name lacks "contextual"), the BatchNorm affine
+        parameters and the embedding tables are in no group and never train.
+        """
+        scale = self.back.scale
+        aspp = list(scale.backbone.aspp.stages.children())
+        return {
+            "resnet": [m.weight for name, m in scale.backbone.named_modules()
+                       if isinstance(m, nn.Conv2d) and name.startswith("layer")],
+            "contextual": [getattr(scale.context, name).conv.weight for name in CONTEXTUAL_CONVS],
+            "aspp_weight": [conv.weight for conv in aspp],
+            "aspp_bias": [conv.bias for conv in aspp],
+            "dis": list(self.dis.parameters()),
+            "gen": list(self.gen.parameters()),
+        }
+
     # ---- shapes -------------------------------------------------------------------------------------
     @staticmethod
     def feature_shape(height: int, width: int):
@@ -77,7 +109,7 @@ class CaGNet(nn.Module):
     def pyramid_shapes(self, height: int, width: int):
         """Feature sizes of the pyramid maps [full, 0.5, 0.75, max] for an input size, without a forward."""
         full = self.feature_shape(height, width)
-        scaled = [self.feature_shape(int(height * p), int(width * p)) for p in self.back.pyramid_scales]
+        scaled = [self.feature_shape(*self.back.scaled_size(height, width, p)) for p in self.back.pyramid_scales]
         return [full, *scaled, full]
 
     def pyramid_labels(self, labels: torch.Tensor, image_size):
@@ -105,7 +137,9 @@ class CaGNet(nn.Module):
         y = label_maps[0]
         visible = y != self.ignore_index
         with torch.set_grad_enabled(backbone_grad and torch.is_grad_enabled()):
-            out = self.back(images, visible, pyramid=True)
+            out = self.back(images)
+            kld = kl_divergence(out.mu, out.logvar, visible)
+            pyramid = self.back.pyramid(images, out.h0, select=lambda scale_out: scale_out.h0)
         mask = visible.reshape(-1)
         y_vis = y.reshape(-1)[mask]
         real = to_pixels(out.h0)[mask]
@@ -113,12 +147,12 @@ class CaGNet(nn.Module):
         # Faithful to the original: the generator's input is detached, so no generator loss reaches `back`.
         fake = self.gen(self.Em_vis(y_vis), code.detach())
         pyramid_real, pyramid_labels = [], []
-        for feat, yk in zip(out.pyramid, label_maps):
+        for feat, yk in zip(pyramid, label_maps):
             yk = yk.reshape(-1)
             keep = yk != self.ignore_index
             pyramid_real.append(to_pixels(feat)[keep])
             pyramid_labels.append(yk[keep])
-        return Step1Output(out.kld, real, fake, y_vis, visible, pyramid_real, pyramid_labels)
+        return Step1Output(kld, real, fake, y_vis, visible, pyramid_real, pyramid_labels)
 
     def step2(self, num_pixels: int, class_prior: torch.Tensor, generator: Optional[torch.Generator] = None
               ) -> Step2Output:
@@ -128,13 +162,16 @@ class CaGNet(nn.Module):
         """
         device = self.Em_all.weight.device
         labels = torch.multinomial(class_prior.to(device), num_pixels, replacement=True, generator=generator)
-        noise = torch.randn(num_pixels, self.back.scale.context.contextuallocalmu.conv.out_channels,
-                            device=device, generator=generator)
+        noise = torch.randn(num_pixels, self.latent_dim, device=device, generator=generator)
         return Step2Output(labels, self.gen(self.Em_all(labels), noise))
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits (N, C, h, w) from the full-scale h0 only (no pyramid); the caller sets eval mode."""
         return self.dis.logit_maps(self.back(images).h0)
+
+    def calibration_forward(self, images: torch.Tensor) -> None:
+        """The forward whose BatchNorm inputs define the frozen statistics (FrozenBatchNorm2d.calibrating)."""
+        self.deeplab(images)
 
 
 def unseen_prior(num_seen: int, num_unseen: int, unseen_rate: float) -> torch.Tensor:
@@ -149,29 +186,8 @@ def build_cagnet(seen_embeddings: torch.Tensor, all_embeddings: torch.Tensor, nu
                  gen_dropout: Sequence[float] = (0.1, 0.1, 0.3, 0.5, 0.5),
                  dis_hidden: int = 1024, dis_dropout: float = 0.5, ignore_index: int = 255) -> CaGNet:
     """Build the model from explicit sizes; the defaults are the paper's."""
-    back = MultiScaleContextualDeepLab(ContextualDeepLab(
+    back = MultiScale(ContextualDeepLab(
         DeepLabV2(feat_dim, n_blocks, atrous_rates, base_width), ContextualModule(feat_dim, context_width)))
     gen = FeatureGenerator(seen_embeddings.shape[1] + feat_dim, feat_dim, gen_hidden, gen_dropout)
     dis = Classifier(feat_dim, dis_hidden, num_outputs, dis_dropout)
     return CaGNet(back, gen, dis, seen_embeddings, all_embeddings, ignore_index)
-
-
-def init_weights(model: nn.Module, scheme: str = "kaiming") -> None:
-    """Faithful to the original: every Conv2d/Linear weight re-initialised (overwriting ASPP's N(0, 0.01)),
-    biases zeroed; BatchNorm and the embedding tables untouched."""
-    schemes = {
-        "kaiming": lambda w: nn.init.kaiming_normal_(w, a=0, mode="fan_in", nonlinearity="relu"),
-        "gaussian": lambda w: nn.init.normal_(w, 0.0, 0.02),
-        "xavier": lambda w: nn.init.xavier_normal_(w, gain=2 ** 0.5),
-        "orthogonal": lambda w: nn.init.orthogonal_(w, gain=2 ** 0.5),
-    }
-    if scheme == "default":
-        return
-    if scheme not in schemes:
-        raise ValueError(f"init: unknown scheme {scheme!r}; expected one of {sorted(schemes) + ['default']}")
-    for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            with torch.no_grad():
-                schemes[scheme](module.weight)
-                if module.bias is not None:
-                    module.bias.zero_()

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.pixelwise import apply_1x1, conv1x1, to_maps, to_pixels
+from models.ops import apply_1x1, conv1x1, to_maps, to_pixels
 
 
 class Trunk(nn.Module):

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.pixelwise import apply_1x1, conv1x1
+from models.ops import apply_1x1, conv1x1
 
 
 class GeneratorBlock(nn.Module):

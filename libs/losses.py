@@ -1,9 +1,10 @@
-"""Training losses of CaGNet (method-spec §3.1): masked GAN losses, gradient penalty, masked
-classification loss and the MMD content loss.
+"""Training losses of CaGNet (docs/method.md §3): GAN losses, gradient penalty, classification loss and the MMD
+content loss.
 
-Every loss is computed at feature resolution and averaged over *visible* pixels only (label != ignore).
-A loss over an empty set of pixels returns ``None`` instead of NaN so the caller can skip the batch
-(design rule 9). The KL term lives with the contextual module that produces mu/logvar.
+Every loss takes the layout the model produces: pixel matrices of the *visible* pixels (label != ignore) in
+(n, i, j) raster order, i.e. scores (P, 1), logits (P, C), features (P, F) and labels (P,). Averages are over
+those P pixels. A loss over an empty set of pixels returns ``None`` instead of NaN so the caller can skip the
+batch (design rule 9). The KL term lives with the contextual module that produces mu/logvar.
 """
 import contextlib
 from typing import Callable, Optional, Sequence, Tuple
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 GAN_TYPES = ("lsgan", "gan", "wgan", "wgan-gp")
+CONTENT_LOSSES = ("MMDLoss", "ContentLoss", "ContentLossMSE")
 
 MMD_SIGMAS = (2, 5, 10, 20, 40, 60)
 
@@ -25,105 +27,87 @@ def _check_gan_type(gan_type: str) -> None:
         raise ValueError(f"gan_type must be one of {GAN_TYPES}, got {gan_type!r}")
 
 
-def _score_mask(score: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Bring a visibility mask (N, h, w) or (N, 1, h, w) to the score's shape (N, 1, h, w) as a float."""
-    if mask.dim() == 3:
-        mask = mask.unsqueeze(1)
-    if mask.shape != score.shape:
-        raise ValueError(f"mask shape {tuple(mask.shape)} does not match score shape {tuple(score.shape)}")
-    return mask.to(dtype=score.dtype)
-
-
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (values * mask).sum() / mask.sum()
-
-
-def _gan_term(score: torch.Tensor, mask: torch.Tensor, target: float, gan_type: str) -> torch.Tensor:
-    """Masked mean of the per-pixel GAN criterion for a constant target (1 = real, 0 = fake)."""
+def _gan_term(score: torch.Tensor, target: float, gan_type: str) -> torch.Tensor:
+    """Mean over pixels of the per-pixel GAN criterion for a constant target (1 = real, 0 = fake)."""
     if gan_type == "lsgan":
         # Faithful to the original: 'lsgan' is an L1 distance between the sigmoid score and the
-        # target, not a squared error (method-spec §11.5).
+        # target, not a squared error (docs/method.md §3.1).
         per_pixel = (score - target).abs()
     elif gan_type == "gan":
         per_pixel = F.binary_cross_entropy(score, torch.full_like(score, target), reduction="none")
     else:
         # Faithful to the original: the Wasserstein critic value is the *sigmoid* score.
         per_pixel = -score if target == 1.0 else score
-    return _masked_mean(per_pixel, mask)
+    return per_pixel.sum() / score.shape[0]
 
 
-def discriminator_gan_loss(score_real: torch.Tensor, score_fake: torch.Tensor, mask: torch.Tensor,
+def discriminator_gan_loss(score_real: torch.Tensor, score_fake: torch.Tensor,
                            gan_type: str = "lsgan") -> Optional[dict]:
-    """Discriminator side of the masked GAN loss.
+    """Discriminator side of the GAN loss.
 
     Args:
-        score_real: sigmoid scores of the (detached) real features, (N, 1, h, w).
-        score_fake: sigmoid scores of the (detached) fake features, (N, 1, h, w).
-        mask: visibility, bool (N, h, w) or (N, 1, h, w); only visible pixels are averaged.
+        score_real: sigmoid scores (P, 1) of the (detached) real features of the visible pixels.
+        score_fake: sigmoid scores (P, 1) of the (detached) fake features at the same pixels.
         gan_type: one of 'lsgan', 'gan', 'wgan', 'wgan-gp'.
 
     Returns:
-        ``{'D_real': scalar, 'D_fake': scalar}`` whose sum is the discriminator's GAN loss, or
-        ``None`` when no pixel is visible. lsgan: D_real = mean|s_real - 1|, D_fake = mean s_fake;
-        gan: binary cross-entropy to 1 / 0; wgan and wgan-gp: D_real = -mean s_real,
-        D_fake = mean s_fake. For wgan-gp the caller adds :func:`gradient_penalty`, which needs the
-        discriminator itself and therefore is not computed here.
+        ``{'D_real': scalar, 'D_fake': scalar}`` whose sum is the discriminator's GAN loss, or ``None`` when
+        P = 0. lsgan: D_real = mean|s_real - 1|, D_fake = mean s_fake; gan: binary cross-entropy to 1 / 0;
+        wgan and wgan-gp: D_real = -mean s_real, D_fake = mean s_fake. For wgan-gp the caller adds
+        :func:`gradient_penalty`, which needs the discriminator itself and therefore is not computed here.
     """
     _check_gan_type(gan_type)
-    mask_real = _score_mask(score_real, mask)
-    mask_fake = _score_mask(score_fake, mask)
-    if not bool(mask_real.any()):
+    if score_real.shape != score_fake.shape:
+        raise ValueError(f"score_real {tuple(score_real.shape)} and score_fake {tuple(score_fake.shape)} differ")
+    if score_real.shape[0] == 0:
         return None
-    return {
-        "D_real": _gan_term(score_real, mask_real, 1.0, gan_type),
-        "D_fake": _gan_term(score_fake, mask_fake, 0.0, gan_type),
-    }
+    return {"D_real": _gan_term(score_real, 1.0, gan_type), "D_fake": _gan_term(score_fake, 0.0, gan_type)}
 
 
-def generator_gan_loss(score_fake: torch.Tensor, mask: torch.Tensor,
-                       gan_type: str = "lsgan") -> Optional[torch.Tensor]:
-    """Generator side of the masked GAN loss: the fake scores (N, 1, h, w) pushed towards 'real'.
+def generator_gan_loss(score_fake: torch.Tensor, gan_type: str = "lsgan") -> Optional[torch.Tensor]:
+    """Generator side of the GAN loss: the fake scores (P, 1) pushed towards 'real'.
 
-    lsgan: mean|s - 1|; gan: BCE to 1; wgan / wgan-gp: -mean s. Averaged over visible pixels of
-    ``mask`` ((N, h, w) or (N, 1, h, w)); ``None`` when no pixel is visible.
+    lsgan: mean|s - 1|; gan: BCE to 1; wgan / wgan-gp: -mean s. ``None`` when P = 0.
     """
     _check_gan_type(gan_type)
-    mask_fake = _score_mask(score_fake, mask)
-    if not bool(mask_fake.any()):
+    if score_fake.shape[0] == 0:
         return None
-    return _gan_term(score_fake, mask_fake, 1.0, gan_type)
+    return _gan_term(score_fake, 1.0, gan_type)
 
 
-def gradient_penalty(score_fn: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
-                     fake: torch.Tensor, mask: torch.Tensor, weight: float = 10.0,
+def gradient_penalty(score_fn: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor,
+                     image_index: torch.Tensor, num_images: int, weight: float = 10.0,
                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """WGAN-GP penalty on random interpolates of real and fake features (method-spec §3.1).
+    """WGAN-GP penalty on random interpolates of real and fake features (docs/method.md §3.1).
 
-    alpha ~ U(0, 1) per sample, x_hat = alpha * real + (1 - alpha) * fake; g = d score(x_hat) / d x_hat
-    with grad_outputs = 1, multiplied by the visibility mask broadcast over the channels, flattened per
-    sample; penalty = weight * mean_n (||g_n||_2 - 1)^2. The graph is kept (create_graph=True) so the
+    alpha ~ U(0, 1) per image, x_hat = alpha * real + (1 - alpha) * fake; g = d score(x_hat) / d x_hat with
+    grad_outputs = 1; ||g_n|| is the norm over every visible pixel and channel of image n (the original masks
+    the gradient of the full map, which is the same); penalty = weight * mean_n (||g_n||_2 - 1)^2 over all
+    num_images images (an image without visible pixels has norm 0). The graph is kept (create_graph=True) so the
     penalty trains the discriminator. Real and fake enter detached: the penalty is a discriminator loss.
 
     Args:
-        score_fn: maps features (N, F, h, w) to sigmoid scores (N, 1, h, w).
-        real, fake: features (N, F, h, w).
-        mask: visibility, bool (N, h, w) or (N, 1, h, w).
+        score_fn: maps features (P, F) to sigmoid scores (P, 1); it must be pixel-wise.
+        real, fake: features (P, F) of the visible pixels.
+        image_index: (P,) the batch image of each pixel; num_images: N.
         weight: lambda_D_gp (10 in every config).
         generator: optional RNG for alpha (tests, reproducibility).
     """
-    if real.shape != fake.shape:
-        raise ValueError(f"real shape {tuple(real.shape)} != fake shape {tuple(fake.shape)}")
-    n = real.shape[0]
-    alpha = torch.rand((n, 1, 1, 1), generator=generator, dtype=real.dtype,
+    if real.shape != fake.shape or real.dim() != 2 or image_index.shape != real.shape[:1]:
+        raise ValueError(f"expected real and fake (P, F) and image_index (P,), got {tuple(real.shape)}, "
+                         f"{tuple(fake.shape)} and {tuple(image_index.shape)}")
+    alpha = torch.rand(num_images, generator=generator, dtype=real.dtype,
                        device=real.device if generator is None else generator.device).to(real.device)
-    x_hat = (alpha * real.detach() + (1.0 - alpha) * fake.detach()).requires_grad_(True)
+    a = alpha[image_index].unsqueeze(1)
+    x_hat = (a * real.detach() + (1.0 - a) * fake.detach()).requires_grad_(True)
     score = score_fn(x_hat)
     grad = torch.autograd.grad(outputs=score, inputs=x_hat, grad_outputs=torch.ones_like(score),
                                create_graph=True, retain_graph=True)[0]
-    if mask.dim() == 3:
-        mask = mask.unsqueeze(1)
-    grad = grad * mask.to(dtype=grad.dtype)
-    norms = grad.reshape(n, -1).norm(2, dim=1)
+    squares = grad.new_zeros(num_images).index_add(0, image_index, grad.pow(2).sum(1))
+    # sqrt only where the sum is positive, so an image without visible pixels cannot inject a NaN gradient.
+    positive = squares > 0
+    norms = torch.where(positive, torch.sqrt(torch.where(positive, squares, torch.ones_like(squares))),
+                        torch.zeros_like(squares))
     return weight * ((norms - 1.0) ** 2).mean()
 
 
@@ -132,23 +116,27 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor,
     """Mean cross-entropy over labelled pixels, plus pixel accuracy.
 
     Args:
-        logits: (N, C, h, w) classifier outputs.
-        labels: (N, h, w) integer class ids, ``ignore_index`` for unlabelled pixels.
+        logits: (P, C) classifier outputs.
+        labels: (P,) integer class ids, ``ignore_index`` for unlabelled pixels.
 
     Returns:
         ``(loss, accuracy)``: loss is the mean CE over pixels with label != ignore_index (PyTorch's
         ignore_index semantics), accuracy = #(argmax == label) / #valid as a float tensor without grad;
         ``None`` when no pixel is labelled (the caller skips the batch).
     """
-    if logits.dim() != 4 or labels.shape != (logits.shape[0],) + tuple(logits.shape[2:]):
-        raise ValueError(f"expected logits (N, C, h, w) and labels (N, h, w), got "
-                         f"{tuple(logits.shape)} and {tuple(labels.shape)}")
+    if logits.dim() != 2 or labels.shape != logits.shape[:1]:
+        raise ValueError(f"expected logits (P, C) and labels (P,), got {tuple(logits.shape)} and "
+                         f"{tuple(labels.shape)}")
     labels = labels.long()
     valid = labels != ignore_index
     num_valid = valid.sum()
     if int(num_valid) == 0:
         return None
-    loss = F.cross_entropy(logits, labels, ignore_index=ignore_index)
+    # The pixels go through cross_entropy as a (1, C, P, 1) map: the spatial kernel rounds differently from the
+    # (P, C) one in the last bit, and this is the layout every number of this code base was produced with.
+    pixels, classes = logits.shape
+    loss = F.cross_entropy(logits.t().reshape(1, classes, pixels, 1), labels.reshape(1, pixels, 1),
+                           ignore_index=ignore_index)
     with torch.no_grad():
         correct = ((logits.argmax(dim=1) == labels) & valid).sum()
         accuracy = correct.to(torch.float32) / num_valid.to(torch.float32)
@@ -237,45 +225,37 @@ def _run_lengths(labels_1d: torch.Tensor) -> torch.Tensor:
     return counts
 
 
-def mmd_content_loss(fake: torch.Tensor, real: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+def mmd_content_loss(fake: torch.Tensor, real: torch.Tensor, labels: torch.Tensor,
                      sigmas: Sequence[float] = MMD_SIGMAS) -> Optional[torch.Tensor]:
-    """MMD content loss between generated and real features (method-spec §3.1 'MMDLoss').
+    """MMD content loss between generated and real features (docs/method.md §3.3 'MMDLoss').
 
     Args:
-        fake: generated features (N, F, h, w).
-        real: real features (N, F, h, w) (the caller detaches them).
-        labels: (N, h, w) class ids; mask: visibility, bool (N, h, w) or (N, 1, h, w).
+        fake: generated features (P, F) of the visible pixels, in (n, i, j) raster order.
+        real: real features (P, F) at the same pixels (the caller detaches them).
+        labels: (P,) class ids of those pixels.
         sigmas: kernel bandwidths, k_sigma(a, b) = exp(-||a - b||^2 / (2 sigma)).
 
     Returns:
         Mean over runs r of sqrt(A_r) (0 * A_r when A_r <= 0), with
         A_r = sum_sigma [mean_ij k(x_i, x_j) / 2 + mean_ij k(y_i, y_j) / 2 - mean_ij k(x_i, y_j)]
-        over the run's fakes x and reals y; ``None`` when no pixel is visible.
+        over the run's fakes x and reals y; ``None`` when P = 0.
 
     Faithful to the original: the groups are not classes but maximal runs of consecutive equal labels
-    in the (n, i, j) raster order of the *visible* pixels, so runs continue across row ends, across
-    ignored gaps and across images, and a class appearing in separated places forms several runs
-    (method-spec §11.6). The original loops over pixels in Python; here runs are found with
-    unique_consecutive and bucketed by length (power-of-two classes, padded to the bucket's longest
-    run) so each bucket is one batched kernel computation.
+    in the raster order of the *visible* pixels, so runs continue across row ends, across ignored gaps and
+    across images, and a class appearing in separated places forms several runs (docs/method.md §3.3). The
+    original loops over pixels in Python; here runs are found with unique_consecutive and bucketed by length
+    (power-of-two classes, padded to the bucket's longest run) so each bucket is one batched kernel computation.
     """
-    if fake.shape != real.shape or fake.dim() != 4:
-        raise ValueError(f"fake and real must both be (N, F, h, w), got {tuple(fake.shape)} and "
-                         f"{tuple(real.shape)}")
-    n, channels, h, w = fake.shape
-    if mask.dim() == 4:
-        mask = mask.squeeze(1)
-    if labels.shape != (n, h, w) or mask.shape != (n, h, w):
-        raise ValueError(f"labels and mask must be (N, h, w) = {(n, h, w)}, got {tuple(labels.shape)} "
-                         f"and {tuple(mask.shape)}")
-    visible = mask.reshape(-1).bool()
-    if not bool(visible.any()):
+    if fake.shape != real.shape or fake.dim() != 2 or labels.shape != fake.shape[:1]:
+        raise ValueError(f"expected fake and real (P, F) and labels (P,), got {tuple(fake.shape)}, "
+                         f"{tuple(real.shape)} and {tuple(labels.shape)}")
+    if fake.shape[0] == 0:
         return None
     # Below float32 the expanded distance ||a||^2 + ||b||^2 - 2ab loses too much precision.
     dtype = torch.promote_types(fake.dtype, torch.float32)
-    x_all = fake.permute(0, 2, 3, 1).reshape(-1, channels)[visible].to(dtype)
-    y_all = real.permute(0, 2, 3, 1).reshape(-1, channels)[visible].to(dtype)
-    lengths = _run_lengths(labels.reshape(-1)[visible])
+    x_all = fake.to(dtype)
+    y_all = real.to(dtype)
+    lengths = _run_lengths(labels)
     starts = torch.cumsum(lengths, 0) - lengths
     lengths_cpu = lengths.cpu()
     buckets = torch.ceil(torch.log2(lengths_cpu.to(torch.float64))).to(torch.int64)
@@ -304,3 +284,13 @@ def mmd_content_loss(fake: torch.Tensor, real: torch.Tensor, labels: torch.Tenso
             root = torch.sqrt(torch.where(positive, value, torch.ones_like(value)))
             run_losses.append(torch.where(positive, root, 0.0 * value))
     return torch.cat(run_losses).sum() / lengths.numel()
+
+
+def l1_content_loss(fake: torch.Tensor, real: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The original's unused 'ContentLoss': mean absolute difference over the visible pixels' features."""
+    return (fake - real).abs().mean()
+
+
+def mse_content_loss(fake: torch.Tensor, real: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The original's unused 'ContentLossMSE': mean squared difference over the visible pixels' features."""
+    return (fake - real).pow(2).mean()

@@ -12,7 +12,7 @@ from typing import Dict, List, Mapping, Tuple
 
 import torch
 
-from libs.fileio import atomic_write
+from libs.io import atomic_write
 
 # One explicit rename table between the original layout (left) and ours (right). Everything else
 # (Em_vis, Em_all, gen.*, dis.*) has the same name in both.
@@ -73,7 +73,7 @@ def read_checkpoint(path: str) -> dict:
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the file name
+    except Exception as exc:  # re-raised with the file name
         raise ValueError(f"checkpoint {path!r} could not be read by torch.load: {exc}") from exc
 
 
@@ -88,7 +88,8 @@ def load_model_weights(model: torch.nn.Module, checkpoint, source: str = "<memor
         source = checkpoint
         checkpoint = read_checkpoint(checkpoint)
     if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"{source}: expected a state dict or a dict with 'state_dict', got {type(checkpoint).__name__}")
+        raise ValueError(f"{source}: expected a state dict or a dict with 'state_dict', got "
+                         f"{type(checkpoint).__name__}")
     strict = "state_dict" in checkpoint
     weights = checkpoint["state_dict"] if strict else checkpoint
     if not all(isinstance(v, torch.Tensor) for v in weights.values()):

@@ -8,9 +8,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from libs.labels import nearest_resize
+from libs.datasets.splits import VOID_LABEL as VOID
+from models.ops import nearest_resize
 
-VOID = 255
 PAD = 6                 # gap between cells and around the grid, pixels
 TITLE_H = 24            # column-title strip above the grid
 ROW_TITLE_H = 16        # strip above each row when row titles are given

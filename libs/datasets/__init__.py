@@ -1,12 +1,10 @@
-"""Zero-shot segmentation data: class splits, word embeddings, the loader and a resumable sampler."""
-from .embeddings import build_embedding_tables, build_word_vectors, load_word_embeddings
+"""Zero-shot segmentation data at run time: class splits, word embeddings, the loader, the sampler and the stream."""
+from .embeddings import build_embedding_tables, load_word_embeddings
 from .loader import ZeroShotSegmentation
 from .sampler import EpochPermutationSampler
-from .splits import (ClassSplits, build_split_list, load_class_splits, load_split_list, read_class_names,
-                     save_split_list, verify_split_list)
+from .splits import ClassSplits, load_class_splits, load_split_list, read_class_names
 
 __all__ = [
-    'ClassSplits', 'load_class_splits', 'load_split_list', 'read_class_names', 'build_split_list',
-    'save_split_list', 'verify_split_list', 'load_word_embeddings', 'build_embedding_tables', 'build_word_vectors',
-    'ZeroShotSegmentation', 'EpochPermutationSampler',
+    'ClassSplits', 'load_class_splits', 'load_split_list', 'read_class_names', 'load_word_embeddings',
+    'build_embedding_tables', 'ZeroShotSegmentation', 'EpochPermutationSampler',
 ]

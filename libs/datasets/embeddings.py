@@ -7,15 +7,17 @@ seen classes through `em_vis` (indexed by train ids, 255 hits a zero row) and al
 """
 import os
 import pickle
-import re
-from typing import Mapping, Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
 
 from .splits import MAP_SIZE, ClassSplits, dataset_dir, read_class_names
 
-EMBEDDINGS = ('word2vec', 'fasttext', 'fastnvec')
+# The `embedding` options and their dimension for the shipped word-vector files (fastnvec = fastText 300 +
+# word2vec 300).
+EMBEDDING_DIMS = {'word2vec': 300, 'fasttext': 300, 'fastnvec': 600}
+EMBEDDINGS = tuple(EMBEDDING_DIMS)
 # F.normalize's epsilon: a zero row stays zero instead of becoming NaN.
 NORM_EPS = 1e-12
 
@@ -34,15 +36,17 @@ def _load_vectors(path: str) -> np.ndarray:
     return vectors
 
 
-def l2_normalise_rows(matrix: np.ndarray) -> np.ndarray:
-    """Divide each row of a (K, E) float32 array by max(‖row‖₂, 1e-12), as torch's F.normalize(dim=1)."""
-    norms = np.sqrt(np.sum(matrix.astype(np.float32) ** 2, axis=1, keepdims=True, dtype=np.float32))
-    return (matrix / np.maximum(norms, np.float32(NORM_EPS))).astype(np.float32)
+def l2_normalise_rows(matrix: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """Divide each row of a (K, E) array by max(‖row‖₂, 1e-12) in `dtype`, as torch's F.normalize(dim=1)."""
+    matrix = matrix.astype(dtype)
+    norms = np.sqrt(np.sum(matrix ** 2, axis=1, keepdims=True, dtype=dtype))
+    return (matrix / np.maximum(norms, dtype(NORM_EPS))).astype(dtype)
 
 
 def load_word_embeddings(datadir: str, name: str, embedding: str = 'fastnvec',
-                         without_normal: bool = False) -> np.ndarray:
-    """Class embeddings of dataset `name` by raw label, float32 (K, E).
+                         without_normal: bool = False, dtype=np.float32) -> np.ndarray:
+    """Class embeddings of dataset `name` by raw label, (K, E) of `dtype` (float32: the model's; the demo
+    generator asks for float64).
 
     Args:
         embedding: config key `embedding`: `word2vec` or `fasttext` (E = 300 for the shipped files) or
@@ -65,12 +69,12 @@ def load_word_embeddings(datadir: str, name: str, embedding: str = 'fastnvec',
         if vectors.shape[0] != num_raw:
             raise ValueError(f"{path} has {vectors.shape[0]} rows but {labels_path} names {num_raw} raw classes; "
                              f"row r must be the vector of raw class r")
-        arrays.append(vectors.astype(np.float32))
-    # Normalised in float32 (the model's dtype); against float64 maths this differs only by rounding (~1e-7).
+        arrays.append(vectors.astype(dtype))
+    # Normalised in `dtype`; float32 against float64 maths differs only by rounding (~1e-7).
     matrix = np.concatenate(arrays, axis=1)
     if not without_normal:
-        matrix = l2_normalise_rows(matrix)
-    return np.ascontiguousarray(matrix, dtype=np.float32)
+        matrix = l2_normalise_rows(matrix, dtype)
+    return np.ascontiguousarray(matrix, dtype=dtype)
 
 
 def build_embedding_tables(embeddings: np.ndarray, splits: ClassSplits,
@@ -105,54 +109,3 @@ def build_embedding_tables(embeddings: np.ndarray, splits: ClassSplits,
     em_vis[:splits.num_seen] = table[torch.from_numpy(np.array(splits.seen))]
     em_all = table[torch.from_numpy(np.array(splits.test_ids_to_raw))].clone()
     return em_vis, em_all
-
-
-_WORD_SPLIT = re.compile(r'[_\-\s]+')
-
-
-def class_name_words(name: str) -> list:
-    """Words of a class name: split on `_`, `-` and whitespace (`potted_plant`, `wall-concrete`, `traffic light`)."""
-    return [w for w in _WORD_SPLIT.split(name) if w]
-
-
-def build_word_vectors(names: Sequence[str], vectors: Mapping, normalise: bool = True,
-                       allow_missing: bool = False) -> Tuple[np.ndarray, list]:
-    """Word vector of every class name, float64 (K, D); row r = class r.
-
-    `vectors` is anything with `in` and `[word]` (a gensim KeyedVectors, or a dict of arrays). A multi-word
-    name is the mean of the vectors of its words that the model knows; each word is looked up as written,
-    then lower-cased. With `normalise` each row is scaled to unit L2 norm (as the shipped VOC/COCO files are).
-    A name none of whose words is known is an error, or with `allow_missing` a zero row.
-    Returns (matrix, missing): `missing` lists (row, name, [unknown words]) for every name with an unknown word.
-    """
-    if not names:
-        raise ValueError("build_word_vectors: the class-name list is empty")
-    rows, missing, dim = [], [], None
-    for row, name in enumerate(names):
-        words = class_name_words(name)
-        found, unknown = [], []
-        for word in words:
-            key = word if word in vectors else (word.lower() if word.lower() in vectors else None)
-            if key is None:
-                unknown.append(word)
-            else:
-                found.append(np.asarray(vectors[key], dtype=np.float64))
-        if unknown:
-            missing.append((row, name, unknown))
-        if not found:
-            if not allow_missing:
-                raise ValueError(f"class name {name!r}: none of its words {words} is in the word-vector model; "
-                                 f"rename the class in labels_refined.txt or pass --allow-missing for a zero row")
-            rows.append(None)
-            continue
-        vec = np.mean(found, axis=0)
-        if dim is None:
-            dim = vec.shape[0]
-        rows.append(vec)
-    if dim is None:
-        raise ValueError("build_word_vectors: no class name has a known word")
-    matrix = np.stack([np.zeros(dim) if r is None else r for r in rows]).astype(np.float64)
-    if normalise:
-        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-        matrix = matrix / np.maximum(norms, NORM_EPS)
-    return matrix, missing

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from libs.labels import nearest_resize
+from models.ops import nearest_resize
 
 from .splits import IGNORE_INDEX, README_LAYOUT_SECTION, ClassSplits
 

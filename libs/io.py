@@ -1,18 +1,46 @@
-"""The one logger ("cagnet"): console lines that do not break tqdm bars, plus the run's log file."""
+"""Input/output every part shares: atomic file writes and the one logger ("cagnet").
+
+Atomic writes: a crash or a full disk never leaves a half-written checkpoint or config behind. The logger:
+console lines that do not break tqdm bars, plus the run's plain-text log file; nothing below train.py prints
+except through it.
+"""
 from __future__ import annotations
 
 import logging
 import os
 import sys
+import tempfile
+from typing import IO, Callable
 
 from tqdm import tqdm
 
+log = logging.getLogger("cagnet")
+
+
+def atomic_write(path: str, write: Callable[[IO], None], binary: bool = True) -> None:
+    """Call write(handle) on a temporary file in the target folder, fsync it, then rename it over `path`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
 
 class _TqdmHandler(logging.Handler):
+    """Console lines through tqdm.write: information on stdout, warnings and errors on stderr."""
+
     def emit(self, record):
         try:
-            tqdm.write(self.format(record), file=sys.stdout)
-        except Exception:  # noqa: BLE001 - logging must never crash training
+            tqdm.write(self.format(record), file=sys.stderr if record.levelno >= logging.WARNING else sys.stdout)
+        except Exception:  # logging must never crash training
             self.handleError(record)
 
 

@@ -1,0 +1,1 @@
+"""The training engine: schedules, trainers, the loop, evaluation, the run and its processes."""

@@ -1,0 +1,272 @@
+"""One training or evaluation run: its paths, what it builds from the config, and the save and restore of its
+whole state in one place (docs/method.md §8).
+
+Output layout (the original's, docs/method.md §5): `<save_path>/<dataset>/<experimentid>/` holds, per schedule,
+the model folder (`%08d.pth` checkpoints), the log file and the config copy named by the schedule table, plus
+`tensorboard/<schedule>/`; `--val` appends to `<save_path>/<dataset>/logs_test.txt`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import torch
+
+from libs.checkpoint import atomic_save, load_model_weights, read_checkpoint, snapshot
+from libs.config import Config, check_schedule_keys, iter_max, load_config, save_config
+from libs.datasets import ZeroShotSegmentation, load_class_splits, load_split_list
+from libs.datasets.stream import BatchStream
+from libs.engine.distributed import Processes, select_device, start_processes
+from libs.engine.evaluation import evaluate
+from libs.engine.loop import LoopHooks, fit
+from libs.engine.methods import get_method
+from libs.engine.rng import rng_state, seed_everything, set_rng_state
+from libs.engine.schedules import TEST_LOG, Schedule, get_schedule
+from libs.io import log, progress_bar, setup_logging
+from libs.metrics import JSON_KEYS, format_score_table, scores_to_json
+from models.backbone import FrozenBatchNorm2d
+from models.initialization import init_weights
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What the command line adds to the config (train.py's flags)."""
+    schedule: str = "step1"
+    experiment_id: str = "0"
+    resume_from: int = 0
+    init_model: Optional[str] = None      # overrides the config's init_model
+    device: str = "auto"
+    multigpus: bool = False
+    ngpu: int = 0
+    seed: Optional[int] = None            # overrides the config's seed
+    max_iter: Optional[int] = None
+    evaluate_only: bool = False
+
+
+def experiment_dir(cfg: Config, experiment_id: str) -> str:
+    return os.path.join(cfg["save_path"], cfg["dataset"], experiment_id)
+
+
+def run_config(config_path: str, options: RunOptions) -> Config:
+    """The config of this run: --config, or on resume the copy saved by the interrupted run."""
+    cfg = load_config(config_path)
+    if options.resume_from > 0:
+        copy = os.path.join(experiment_dir(cfg, options.experiment_id), get_schedule(options.schedule).config_copy)
+        if not os.path.isfile(copy):
+            raise FileNotFoundError(f"--resume_from {options.resume_from}: the run's config copy {copy} is missing")
+        saved = load_config(copy)
+        for key in ("save_path", "dataset"):
+            if saved[key] != cfg[key]:
+                raise ValueError(f"--resume_from: {copy} has {key}={saved[key]!r} but {config_path} has "
+                                 f"{cfg[key]!r}; resume with the config the run was started with")
+        cfg = saved
+    return cfg
+
+
+class Run:
+    """Builds everything a run needs from a validated config, then trains (`train`) or evaluates (`evaluate`)."""
+
+    def __init__(self, cfg: Config, options: RunOptions, config_path: Optional[str] = None):
+        self.cfg = cfg
+        self.options = options
+        self.config_path = config_path or cfg.source
+        self.schedule: Schedule = get_schedule(options.schedule)
+        self.method = get_method(cfg["method"])
+        if not options.evaluate_only:
+            check_schedule_keys(cfg, self.schedule.name, self.method.networks)
+        self.processes: Processes = start_processes(options.multigpus, options.ngpu, options.device)
+        self.device = select_device(options.device, self.processes, options.ngpu)
+        self.exp_dir = experiment_dir(cfg, options.experiment_id)
+        self.model_dir = os.path.join(self.exp_dir, self.schedule.model_dir)
+        log_file = (os.path.join(cfg["save_path"], cfg["dataset"], TEST_LOG) if options.evaluate_only
+                    else os.path.join(self.exp_dir, self.schedule.log_file))
+        setup_logging(log_file if self.processes.is_main else None, quiet=not self.processes.is_main)
+        self.seed = cfg.value("seed", 0) if options.seed is None else options.seed
+        seed_everything(self.seed)
+
+        self.splits = load_class_splits(cfg["datadir"], cfg["dataset"], num_unseen=cfg["num_unseen"],
+                                        out_dim_cls=cfg.value("dis.out_dim_cls"))
+        self.model = self.method.build_model(cfg, self.splits)
+        self.test_data = self._dataset("test", train=False, seed=0)
+        self.init_model = options.init_model or cfg.value("init_model", "none")
+        if self.init_model in (None, "none"):
+            self.init_model = None
+        if options.resume_from <= 0:
+            init_weights(self.model, cfg["init"])
+            if self.init_model is not None:
+                log.info(load_model_weights(self.model, self.init_model).summary())
+            elif options.evaluate_only or self.schedule.pseudo_labels:
+                what = "--val" if options.evaluate_only else f"--schedule {self.schedule.name}"
+                raise ValueError(f"{what} needs a model: pass --init_model (the config {self.config_path} has no "
+                                 "init_model)")
+        self.model.to(self.device)
+
+    # ---- building ---------------------------------------------------------------------------------------
+    def _dataset(self, split: str, train: bool, seed: int) -> ZeroShotSegmentation:
+        cfg = self.cfg
+        mean = cfg["IMAGE"]["MEAN"]
+        return ZeroShotSegmentation(
+            cfg["ROOT"], load_split_list(cfg["datadir"], cfg["dataset"], split), self.splits, train=train,
+            mean_bgr=(mean["B"], mean["G"], mean["R"]), crop_size=cfg.value("IMAGE.SIZE.TRAIN"),
+            base_size=cfg.value("IMAGE.SIZE.BASE"), warp=cfg["WARP_IMAGE"], scale_range=cfg.value("SCALE_RANGE"),
+            ignore_index=cfg.value("ignore_index"), seed=seed)
+
+    def _workers(self) -> int:
+        return min(self.cfg["NUM_WORKERS"], os.cpu_count() or 1)
+
+    def _test_loader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(self.test_data, batch_size=self.cfg.value("BATCH_SIZE.TEST"),
+                                           shuffle=False, num_workers=self._workers(),
+                                           pin_memory=self.device.type == "cuda")
+
+    def _checkpoint_path(self, iteration: int) -> str:
+        return os.path.join(self.model_dir, "%08d.pth" % iteration)
+
+    # ---- save and restore of the whole run state ----------------------------------------------------------
+    def save(self, iteration: int) -> None:
+        """The checkpoint of `iteration`: the weights in the original layout, plus what an exact resume needs."""
+        if not self.processes.is_main:
+            return
+        state = {"trainer": self.trainer.state_dict(), "stream": self.stream.state_dict(), "rng": rng_state(),
+                 "schedule": self.schedule.name}
+        path = self._checkpoint_path(iteration)
+        atomic_save(snapshot(self.model, iteration, state, self.cfg.to_dict()), path)
+        log.info("saved %s", path)
+
+    def restore(self, iteration: int) -> int:
+        """Load the checkpoint of `iteration` into the model, trainer, data stream and RNGs; returns the
+        iteration to continue from."""
+        path = self._checkpoint_path(iteration)
+        checkpoint = read_checkpoint(path)
+        log.info(load_model_weights(self.model, checkpoint, path).summary())
+        start = int(checkpoint["iteration"])
+        state = checkpoint.get("training_state")
+        if state is None:
+            self.trainer.restart_schedules_at(start)
+            log.warning("%s holds no training state: optimizer moments and data order restart", path)
+            return start
+        saved_schedule = state.get("schedule", self.schedule.name)
+        if saved_schedule != self.schedule.name:
+            raise ValueError(f"{path} was written by --schedule {saved_schedule}, not {self.schedule.name}; "
+                             f"resume it with --schedule {saved_schedule}")
+        trainer_state = dict(state["trainer"])
+        if "num_pixels" in state:       # checkpoints written before the trainer kept it in its own state
+            trainer_state.setdefault("num_pixels", state["num_pixels"])
+        self.trainer.load_state_dict(trainer_state)
+        self.stream.load_state_dict(state["stream"])
+        set_rng_state(state["rng"])
+        return start
+
+    # ---- evaluation ----------------------------------------------------------------------------------------
+    def evaluate(self, results_json: Optional[str] = None, predictions_dir: Optional[str] = None) -> dict:
+        """--val: the test set once, the table in the log, the scores as JSON."""
+        scores = evaluate(self.model, self._test_loader(), self.splits, self.device, predictions_dir,
+                          progress_bar("test"))
+        log.info("%s\n%s", f"Test results of {self.init_model}:",
+                 format_score_table({"CaGNet": scores}, self.splits.test_names))
+        results = results_json or os.path.join(self.exp_dir, "results_val.json")
+        os.makedirs(os.path.dirname(os.path.abspath(results)), exist_ok=True)
+        with open(results, "w") as handle:
+            json.dump({"model": self.init_model, "config": self.config_path,
+                       **scores_to_json(scores, self.splits.test_names)}, handle, indent=2)
+        log.info("scores written to %s", results)
+        return scores
+
+    # ---- training ------------------------------------------------------------------------------------------
+    def train(self) -> None:
+        cfg, options = self.cfg, self.options
+        processes = self.processes
+        train_data = self._dataset("train", train=True, seed=self.seed)
+        self.trainer = self.method.from_config(cfg, self.model, self.splits, self.schedule,
+                                               processes.grad_sync if processes.enabled else None)
+        self.stream = BatchStream(train_data, cfg.value("BATCH_SIZE.TRAIN"), self._workers(), self.seed,
+                                  pin_memory=self.device.type == "cuda", rank=processes.rank,
+                                  world_size=processes.world_size)
+        start = 0
+        calibration = cfg.value("back.bn_calibration_batches", 0)
+        if options.resume_from > 0:
+            start = self.restore(options.resume_from)
+        elif calibration > 0 and self.init_model is None:
+            self._calibrate_batchnorm(calibration)
+        elif calibration > 0:
+            log.info("back.bn_calibration_batches ignored: the BatchNorm statistics come from %s", self.init_model)
+        if processes.is_main and options.resume_from <= 0:
+            os.makedirs(self.exp_dir, exist_ok=True)
+            save_config(cfg, os.path.join(self.exp_dir, self.schedule.config_copy))
+        full = iter_max(cfg, self.schedule.name)
+        max_iter = full if options.max_iter is None else min(options.max_iter, full)
+        hooks = _RunHooks(self, start, max_iter)
+        try:
+            fit(self.trainer, self.stream, hooks, start=start, max_iter=max_iter, snapshot=cfg["snapshot"],
+                display_interval=cfg["display_interval"], log_interval=cfg["log_interval"], device=self.device)
+        finally:
+            hooks.close()
+            processes.close()
+
+    @torch.no_grad()
+    def _calibrate_batchnorm(self, batches: int) -> None:
+        """Frozen BatchNorm statistics of a from-scratch backbone from the first training batches; training still
+        starts at the first batch of the epoch."""
+        with FrozenBatchNorm2d.calibrating(self.model):
+            for _ in range(batches):
+                self.model.calibration_forward(self.stream.next()[0].to(self.device))
+        log.info("estimated the frozen BatchNorm statistics from %d training batches", batches)
+        self.stream.load_state_dict({"epoch": 0, "position": 0})
+
+
+class _RunHooks(LoopHooks):
+    """The run's side of the loop: log lines, TensorBoard scalars, progress bar, checkpoints, test runs."""
+
+    def __init__(self, run: Run, start: int, max_iter: int):
+        self.run = run
+        self.main = run.processes.is_main
+        self.schedule = run.schedule.name
+        self.max_iter = max_iter
+        self.writer = None
+        self.bar = None
+        self.loader = run._test_loader()
+        if self.main:
+            from tensorboardX import SummaryWriter
+            self.writer = SummaryWriter(os.path.join(run.exp_dir, "tensorboard", self.schedule))
+            self.bar = progress_bar(self.schedule)(total=max_iter, initial=start)
+
+    def learning_rates(self, iteration: int, rates: Dict[str, float]) -> None:
+        log.info("iteration %d: lr %s", iteration, ", ".join(f"{net} {lr:.3g}" for net, lr in rates.items()))
+
+    def progress(self, iteration: int) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def losses(self, iteration: int, phase: str, means: Dict[str, float], to_log_file: bool) -> None:
+        finite = {k: v for k, v in means.items() if v == v}       # D_gp is NaN unless gan_type is wgan-gp
+        if to_log_file:
+            log.info(f"[{self.schedule} {phase}] iter {iteration}/{self.max_iter} "
+                     + " ".join(f"{k} {v:.4f}" for k, v in finite.items()))
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{v:.3f}" for k, v in means.items() if k in ("cls_real", "cls_fake", "KLD")})
+        if self.writer is not None:
+            for k, v in finite.items():
+                self.writer.add_scalar(f"{phase}/{k}", v, iteration)
+            for net, lr in self.run.trainer.learning_rates().items():
+                self.writer.add_scalar(f"lr/{net}", lr, iteration)
+
+    def snapshot(self, iteration: int) -> None:
+        self.run.save(iteration)
+
+    def test(self, iteration: int) -> None:
+        if not self.main:
+            return
+        run = self.run
+        scores = evaluate(run.model, self.loader, run.splits, run.device, None, progress_bar("test", leave=False))
+        log.info("Test results:\n" + "\n".join(f"{k}: {scores[k]:.4f}" for k in JSON_KEYS) + "\n" +
+                 json.dumps(scores_to_json(scores, run.splits.test_names)["class_iou"]))
+        for k in JSON_KEYS:
+            self.writer.add_scalar(f"test/{k}", scores[k], iteration)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()

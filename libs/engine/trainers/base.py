@@ -1,0 +1,107 @@
+"""The interface every method's trainer implements, and the gradient routing they share.
+
+A trainer owns what one method needs to train: its optimizers and schedulers (one per trained network), the
+state a resume needs beyond the weights (`state_dict`), and one `step(phase, batch)` per kind of iteration. The
+loop (libs/engine/loop.py) only ever calls `phase`, `needs_batch`, `step` and `learning_rates`; the run
+(libs/engine/run.py) calls the two class methods that turn a config into a model and a trainer, so nothing else
+reads a method's config keys.
+
+Gradient routing (docs/method.md §3.4): each network learns from its own loss only. `backward` limits a backward
+pass to one network's parameters (`inputs=`), so no pass walks a part of the graph whose gradients would be thrown
+away, and `update` is the one place a network's optimizer steps: it all-reduces the gradients first when several
+processes train together.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from libs.engine.schedules import Schedule
+from libs.schedulers import training_phase
+
+
+class Trainer:
+    """Base class. `params[net]` lists the parameters that `optimizers[net]` updates, in stepping order."""
+
+    def __init__(self, model: nn.Module, optimizers: Dict[str, torch.optim.Optimizer], schedulers: Dict[str, object],
+                 params: Dict[str, List[nn.Parameter]], *, schedule: Optional[Schedule] = None,
+                 intervals: Optional[Sequence] = None, grad_sync: Optional[Callable] = None):
+        self.model = model
+        self.optimizers = optimizers
+        self.schedulers = schedulers
+        self.params = params
+        self.schedule = schedule
+        self.intervals = tuple(intervals) if intervals is not None else None
+        self.grad_sync = grad_sync  # all-reduces gradients across processes (multi-GPU), or None
+
+    # ---- built from a config (the only readers of a method's keys) ----------------------------------------
+    @classmethod
+    def build_model(cls, cfg, splits) -> nn.Module:
+        """The method's model, with explicit constructor arguments taken from the config."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, cfg, model: nn.Module, splits, schedule: Schedule, grad_sync=None) -> "Trainer":
+        """Optimizers with the schedule's learning rates, schedulers and loss weights for `model`."""
+        raise NotImplementedError
+
+    # networks whose `<net>_opt.lr*` keys a schedule reads
+    networks: Sequence[str] = ()
+
+    # ---- what the loop calls --------------------------------------------------------------------------------
+    def phase(self, iteration: int) -> str:
+        """Kind of the iteration-th successful iteration: step-1/step-2 blocks for alternating schedules."""
+        if self.schedule is not None and self.schedule.alternates:
+            return training_phase(iteration, *self.intervals)
+        return "step1"
+
+    def needs_batch(self, phase: str) -> bool:
+        return True
+
+    def step(self, phase: str, batch) -> Optional[Dict[str, torch.Tensor]]:
+        """One iteration; returns the values to log, or None when the batch was skipped (nothing changed)."""
+        raise NotImplementedError
+
+    def learning_rates(self) -> Dict[str, float]:
+        """Current base rate (first parameter group) per network, in the log's order."""
+        return {name: sched.optimizer.param_groups[0]["lr"] for name, sched in self.schedulers.items()}
+
+    # ---- gradients and updates ------------------------------------------------------------------------------
+    def backward(self, net: str, loss: torch.Tensor, retain: bool = True) -> None:
+        """Gradients of `loss` for one network's parameters only; other networks' .grad stay untouched."""
+        for p in self.params[net]:
+            p.grad = None
+        if loss.requires_grad:
+            loss.backward(inputs=self.params[net], retain_graph=retain)
+        for p in self.params[net]:
+            if p.grad is None:
+                # Faithful to the original: a network whose loss is identically 0 still steps with zero
+                # gradients, so Adam keeps moving it with its stored moments (docs/method.md §3.5).
+                p.grad = torch.zeros_like(p)
+
+    def update(self, net: str, scheduler_step: bool = True) -> None:
+        """Average the gradients over processes, step the network's optimizer, then (normally) its scheduler."""
+        if self.grad_sync is not None:
+            self.grad_sync(self.params[net])
+        self.optimizers[net].step()
+        if scheduler_step:
+            self.schedulers[net].step()
+
+    # ---- state ----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        for k, s in self.schedulers.items():
+            s.load_state_dict(state["schedulers"][k])
+
+    def restart_schedules_at(self, iteration: int) -> None:
+        """Resume from a weights-only checkpoint (the original's format): learning rates continue at the right
+        position (the original was off by one here); optimizer moments restart, as in the original."""
+        for sched in self.schedulers.values():
+            sched.load_state_dict({"last_iter": iteration})

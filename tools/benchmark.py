@@ -1,7 +1,7 @@
 """Speed benchmark of the training and evaluation steps on synthetic inputs (no dataset needed).
 
-    python tools/benchmark.py                           # paper-size model, VOC shapes, best device
-    python tools/benchmark.py --tiny --device cpu       # seconds on a laptop
+    python -m tools.benchmark                           # paper-size model, VOC shapes, best device
+    python -m tools.benchmark --tiny --device cpu       # seconds on a laptop
 
 Measures, per call: a step-1 iteration (batch N, crop, backbone trained), a step-1 iteration with the
 backbone frozen (mixed), a step-2 iteration, and test-time prediction on a 513x513 image; and, to show what
@@ -11,28 +11,25 @@ the last batch, and the test forward with the discarded pyramid. Results are pri
 """
 import argparse
 import json
-import os
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import torch
 
-import torch  # noqa: E402
-
-from libs.schedulers import build_scheduler  # noqa: E402
-from libs.trainer import LossWeights, Trainer, backbone_optimizer, make_optimizer  # noqa: E402
-from models.cagnet import build_cagnet, init_weights  # noqa: E402
+from libs.engine.trainers.cagnet import CaGNetTrainer, LossWeights, backbone_optimizer
+from libs.optimizers import make_optimizer
+from libs.schedulers import build_scheduler
+from models.cagnet import build_cagnet
+from models.initialization import init_weights
 
 TINY = dict(feat_dim=64, n_blocks=(1, 1, 1, 1), base_width=8, atrous_rates=(1, 2, 3, 4), context_width=32,
             gen_hidden=(128, 96), gen_dropout=(0.1, 0.3), dis_hidden=128)
 
 
-class WholeGraphTrainer(Trainer):
+class WholeGraphTrainer(CaGNetTrainer):
     """The original's gradient traffic: each loss back-propagated through the whole graph (all parameters),
     the gradients that do not belong to the stepped network thrown away. Same updates, more work."""
 
-    def _backward(self, net, loss, retain=True):
+    def backward(self, net, loss, retain=True):
         everything = [p for p in self.model.parameters() if p.requires_grad]
         for p in everything:
             p.grad = None
@@ -116,11 +113,11 @@ def main(argv=None):
     def measure(name, fn):
         results[name + "_s"] = timed(fn, device, args.repeats, memory=memory, name=name)
 
-    ours = trainer_for(Trainer, model, True)
+    ours = trainer_for(CaGNetTrainer, model, True)
     measure("step1", lambda: ours.step1(images, labels))
     original = trainer_for(WholeGraphTrainer, model, True)
     measure("step1_whole_graph_backward", lambda: original.step1(images, labels))
-    frozen = trainer_for(Trainer, model, False)
+    frozen = trainer_for(CaGNetTrainer, model, False)
     measure("step1_frozen_backbone", lambda: frozen.step1(images, labels))
     measure("step2", lambda: frozen.step2(batch * h * w))
 
@@ -128,13 +125,14 @@ def main(argv=None):
         # The original ran the three-scale backbone on the last batch only to read N, h, w.
         with torch.no_grad():
             model.eval()
-            model.back(images, pyramid=True)
+            model.back.pyramid(images, model.back(images).h0, select=lambda out: out.h0)
         frozen.step2(batch * h * w)
     measure("step2_with_backbone_pass", step2_with_backbone_pass)
     model.eval()
     with torch.no_grad():
         measure("predict", lambda: model.predict(test_image))
-        measure("predict_with_pyramid", lambda: model.back(test_image, pyramid=True))
+        measure("predict_with_pyramid",
+                lambda: model.back.pyramid(test_image, model.back(test_image).h0, select=lambda out: out.h0))
     for name, gib in memory.items():
         results[name + "_peak_gib"] = gib
     for key, value in results.items():

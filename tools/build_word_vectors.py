@@ -8,7 +8,7 @@ the loader normalises the final embedding anyway unless emb_without_normal is se
 is an error, unless `--allow-missing` (then its row is zero and a warning names it). The output is a pickled
 float64 numpy array (K, D), D = the model's dimension (300 for the usual word2vec / fastText models).
 
-    python tools/build_word_vectors.py --labels dataset/mine/labels_refined.txt \
+    python -m tools.build_word_vectors --labels dataset/mine/labels_refined.txt \
         --model GoogleNews-vectors-negative300.bin --format word2vec-binary --out dataset/mine/word_vectors/word2vec.pkl
 
 Model formats: `kv` (gensim KeyedVectors.save), `word2vec-binary`, `word2vec-text` (e.g. fastText's .vec files).
@@ -16,15 +16,67 @@ Model formats: `kv` (gensim KeyedVectors.save), `word2vec-binary`, `word2vec-tex
 import argparse
 import os
 import pickle
+import re
 import sys
-from typing import List, Optional
+from typing import List, Mapping, Optional, Sequence, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-from libs.datasets.embeddings import build_word_vectors  # noqa: E402
-from libs.datasets.splits import read_class_names  # noqa: E402
+from libs.datasets.embeddings import NORM_EPS
+from libs.datasets.splits import read_class_names
 
 FORMATS = ('kv', 'word2vec-binary', 'word2vec-text')
+
+
+_WORD_SPLIT = re.compile(r'[_\-\s]+')
+
+
+def class_name_words(name: str) -> list:
+    """Words of a class name: split on `_`, `-` and whitespace (`potted_plant`, `wall-concrete`, `traffic light`)."""
+    return [w for w in _WORD_SPLIT.split(name) if w]
+
+
+def build_word_vectors(names: Sequence[str], vectors: Mapping, normalise: bool = True,
+                       allow_missing: bool = False) -> Tuple[np.ndarray, list]:
+    """Word vector of every class name, float64 (K, D); row r = class r.
+
+    `vectors` is anything with `in` and `[word]` (a gensim KeyedVectors, or a dict of arrays). A multi-word
+    name is the mean of the vectors of its words that the model knows; each word is looked up as written,
+    then lower-cased. With `normalise` each row is scaled to unit L2 norm (as the shipped VOC/COCO files are).
+    A name none of whose words is known is an error, or with `allow_missing` a zero row.
+    Returns (matrix, missing): `missing` lists (row, name, [unknown words]) for every name with an unknown word.
+    """
+    if not names:
+        raise ValueError("build_word_vectors: the class-name list is empty")
+    rows, missing, dim = [], [], None
+    for row, name in enumerate(names):
+        words = class_name_words(name)
+        found, unknown = [], []
+        for word in words:
+            key = word if word in vectors else (word.lower() if word.lower() in vectors else None)
+            if key is None:
+                unknown.append(word)
+            else:
+                found.append(np.asarray(vectors[key], dtype=np.float64))
+        if unknown:
+            missing.append((row, name, unknown))
+        if not found:
+            if not allow_missing:
+                raise ValueError(f"class name {name!r}: none of its words {words} is in the word-vector model; "
+                                 f"rename the class in labels_refined.txt or pass --allow-missing for a zero row")
+            rows.append(None)
+            continue
+        vec = np.mean(found, axis=0)
+        if dim is None:
+            dim = vec.shape[0]
+        rows.append(vec)
+    if dim is None:
+        raise ValueError("build_word_vectors: no class name has a known word")
+    matrix = np.stack([np.zeros(dim) if r is None else r for r in rows]).astype(np.float64)
+    if normalise:
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        matrix = matrix / np.maximum(norms, NORM_EPS)
+    return matrix, missing
 
 
 def load_model(path: str, fmt: Optional[str]):

@@ -1,14 +1,11 @@
 """Export one of our checkpoints to the exact layout of the authors' release ({'iteration', 'state_dict'}).
 
-    python tools/export_checkpoint.py Results/voc12/0/models_transfer/00006000.pth voc12_ours.pth
+    python -m tools.export_checkpoint Results/voc12/0/models_transfer/00006000.pth voc12_ours.pth
 """
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from libs.checkpoint import atomic_save, export_original, read_checkpoint  # noqa: E402
+from libs.checkpoint import atomic_save, export_original, read_checkpoint
 
 
 def main(argv=None):

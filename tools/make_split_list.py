@@ -2,13 +2,13 @@
 
 The CaGNet release lacks `dataset/cocostuff/split/train_list.npy`; make it from the COCO-Stuff 164k annotations:
 
-    python tools/make_split_list.py --annotations dataset/cocostuff/annotations --subdir train2017 \
+    python -m tools.make_split_list --annotations dataset/cocostuff/annotations --subdir train2017 \
         --out dataset/cocostuff/split/train_list.npy
 
 Entries are `<annotations>/<subdir>/<stem>.png`, sorted; an annotation is listed only if its image
 `images/<subdir>/<stem>.jpg` exists beside the annotations folder (or under --images). Check a list:
 
-    python tools/make_split_list.py --verify dataset/voc12/split/train_list.npy --root dataset/voc12
+    python -m tools.make_split_list --verify dataset/voc12/split/train_list.npy --root dataset/voc12
 
 which prints every entry whose image or annotation is missing and exits with status 1 if there is any.
 """
@@ -16,9 +16,7 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from libs.datasets.splits import build_split_list, save_split_list, verify_split_list  # noqa: E402
+from tools.split_lists import build_split_list, save_split_list, verify_split_list
 
 
 def parse_args(argv=None):

@@ -11,20 +11,18 @@ Output (method-spec §6.1):
   <out>/split/train_list.npy  (missing from the CaGNet release; built like tools/make_split_list.py does)
 and a comparison of the shipped `test_list.npy` with the produced val2017 set (exit status 1 if entries lack files).
 
-    python tools/prepare_cocostuff.py --coco ~/data/cocostuff-164k --out dataset/cocostuff
+    python -m tools.prepare_cocostuff --coco ~/data/cocostuff-164k --out dataset/cocostuff
 """
 import argparse
 import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+from PIL import Image
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from libs.datasets.splits import build_split_list, save_split_list, verify_split_list  # noqa: E402
-from tools.prepare_voc12 import LINK_MODES, place  # noqa: E402
+from tools.prepare_voc12 import LINK_MODES, place
+from tools.split_lists import build_split_list, save_split_list, verify_split_list
 
 SUBDIRS = ('train2017', 'val2017')
 NUM_RAW = 182  # COCO-Stuff 164k: official ids 1..182 stored as 0..181

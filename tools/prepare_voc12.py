@@ -16,7 +16,7 @@ SBD's mask is used only for the images VOC does not annotate. Afterwards the pro
 the shipped lists `<split-dir>/{train,test}_list.npy`; entries of those lists that were not produced are
 reported and make the exit status 1.
 
-    python tools/prepare_voc12.py --voc ~/data/VOCdevkit --sbd ~/data/benchmark_RELEASE --out dataset/voc12
+    python -m tools.prepare_voc12 --voc ~/data/VOCdevkit --sbd ~/data/benchmark_RELEASE --out dataset/voc12
 """
 import argparse
 import os
@@ -24,12 +24,10 @@ import shutil
 import sys
 from typing import Dict, List, Optional, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+from PIL import Image
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from libs.datasets.splits import parse_list_entry  # noqa: E402
+from libs.datasets.splits import parse_list_entry
 
 LINK_MODES = ('copy', 'symlink', 'hardlink')
 

@@ -1,6 +1,6 @@
 """Draw a PNG grid of input / ground truth / predictions for a few test images, with a seen/unseen legend.
 
-    python tools/visualize_predictions.py --root dataset/demo --split val \
+    python -m tools.visualize_predictions --root dataset/demo --split val \
         --pred step1=DIR1 --pred mixed=DIR2 --num 6 --out demo_output/predictions.png
 
 Each prediction folder holds one PNG per test image, `<image id>.png`, of predicted RAW label ids at the
@@ -17,11 +17,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from libs.demo_data import read_class_names  # noqa: E402
-from libs.labels import nearest_resize  # noqa: E402
-from libs.visualize import draw_prediction_grid, mask_unevaluated  # noqa: E402
+from libs.datasets import read_class_names
+from libs.visualize import draw_prediction_grid, mask_unevaluated
+from models.ops import nearest_resize
 
 
 def parse_args(argv=None):

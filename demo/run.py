@@ -6,22 +6,21 @@
   4. evaluate both models, print the paper-style table side by side and draw input / ground truth /
      step-1 prediction / mixed prediction for a few test images into demo_output/predictions.png.
 
-Every stage goes through train.py with the same code as the paper's configs.
+Every stage goes through train.py with the same code as the paper's configs. Run it from the repository root
+(`python -m demo`, or `make demo`): the demo configs name their folders relative to it.
 """
 import argparse
 import json
 import os
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import train  # noqa: E402
-from libs.config import iter_max, load_config  # noqa: E402
-from libs.demo_data import generate_demo, is_complete  # noqa: E402
-from libs.metrics import format_score_table  # noqa: E402
-from tools import visualize_predictions  # noqa: E402
+import train
+from demo.data import generate_demo, is_complete
+from libs.config import iter_max, load_config
+from libs.engine.run import experiment_dir
+from libs.engine.schedules import get_schedule
+from libs.metrics import format_score_table
+from tools import visualize_predictions
 
 
 def parse_args(argv=None):
@@ -42,7 +41,6 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     start = time.time()
-    os.chdir(ROOT)
     step1_cfg = load_config(args.config)
     data_root = step1_cfg["ROOT"]
     if is_complete(data_root, seed=args.seed, n_train=args.n_train, n_test=args.n_test):
@@ -53,12 +51,12 @@ def main(argv=None) -> dict:
 
     common = ["--experimentid", args.experimentid, "--seed", str(args.seed), "--device", args.device]
     step1_iters = args.step1_iters or iter_max(step1_cfg, "step1")
-    step1_model = os.path.join(step1_cfg["save_path"], step1_cfg["dataset"], args.experimentid, "models",
+    step1_model = os.path.join(experiment_dir(step1_cfg, args.experimentid), get_schedule("step1").model_dir,
                                "%08d.pth" % step1_iters)
     finetune_cfg = load_config(args.finetune_config)
     mixed_iters = args.mixed_iters or iter_max(finetune_cfg, "mixed")
-    mixed_model = os.path.join(finetune_cfg["save_path"], finetune_cfg["dataset"], args.experimentid,
-                               "models_transfer", "%08d.pth" % mixed_iters)
+    mixed_model = os.path.join(experiment_dir(finetune_cfg, args.experimentid), get_schedule("mixed").model_dir,
+                               "%08d.pth" % mixed_iters)
     os.makedirs(args.out, exist_ok=True)
     scores = {}
 

@@ -1,6 +1,6 @@
-"""Generate the synthetic zero-shot demo benchmark (libs/demo_data.py) in the real on-disk layout.
+"""Generate the synthetic zero-shot demo benchmark (demo/data.py) in the real on-disk layout.
 
-    python tools/make_demo_data.py --out dataset/demo --seed 0 --n_train 1200 --n_test 200 --size 64
+    python -m demo.make_data --out dataset/demo --seed 0 --n_train 1200 --n_test 200 --size 64
 
 Skips (with a message) when the folder already holds a complete demo made with the same arguments;
 `--force` regenerates. A folder made with other arguments is an error unless `--force` is given.
@@ -10,9 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from libs import demo_data  # noqa: E402
+from demo import data as demo_data
 
 
 def parse_args(argv=None):

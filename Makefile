@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv test demo clean-demo benchmark
+.PHONY: venv test test-fast lint demo clean-demo benchmark
 
 venv: $(VENV)/.installed
 
@@ -12,14 +12,23 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
+# Everything (what CI runs): the linter, then every test.
 test: venv
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
 
+# Every test not marked slow: the edit-test loop (under a minute on 2 cores).
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow" tests
+
+lint: venv
+	$(PY) -m ruff check .
+
 demo: venv
-	$(PY) tools/run_demo.py
+	$(PY) -m demo
 
 clean-demo:
 	rm -rf dataset/demo Results/demo demo_output
 
 benchmark: venv
-	$(PY) tools/benchmark.py
+	$(PY) -m tools.benchmark

@@ -7,8 +7,9 @@ import pytest
 from libs.datasets import load_class_splits, load_split_list
 from libs.datasets.splits import build_class_splits, parse_list_entry, read_class_names
 from tests.datagen import write_dataset
+from tests.e2e_config import ROOT
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = ROOT
 DATADIR = os.path.join(REPO, 'dataset')
 
 COCO_SEEN_EXTRAS = [3, 21, 38, 45, 51, 61, 75, 81, 93, 129, 136, 139]
@@ -99,7 +100,7 @@ def test_missing_coco_train_list_explains_how_to_make_it():
         load_split_list(DATADIR, 'cocostuff', 'train')
     msg = str(err.value)
     assert 'does not contain the COCO-Stuff training list' in msg
-    assert 'tools/make_split_list.py' in msg and '--subdir train2017' in msg
+    assert 'python -m tools.make_split_list' in msg and '--subdir train2017' in msg
 
 
 def test_parse_list_entry_variants():

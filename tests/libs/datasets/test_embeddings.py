@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from libs.datasets import build_embedding_tables, build_word_vectors, load_class_splits, load_word_embeddings
+from libs.datasets import build_embedding_tables, load_class_splits, load_word_embeddings
 from tests.datagen import write_dataset
+from tests.e2e_config import ROOT
+from tools.build_word_vectors import build_word_vectors
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = ROOT
 DATADIR = os.path.join(REPO, 'dataset')
 
 

@@ -3,16 +3,16 @@ import numpy as np
 import pytest
 import torch
 
-from libs.labels import nearest_resize
-from libs.datasets import load_class_splits, load_split_list, ZeroShotSegmentation
+from libs.datasets import ZeroShotSegmentation, load_class_splits, load_split_list
+from libs.engine.evaluation import evaluate
+from libs.engine.trainers.cagnet import CaGNetTrainer, LossWeights, backbone_optimizer
+from libs.losses import classification_loss, discriminator_gan_loss, generator_gan_loss, mmd_content_loss
+from libs.optimizers import make_optimizer
 from libs.schedulers import build_scheduler
-from libs.trainer import (LossWeights, Trainer, backbone_optimizer, backbone_parameters, calibrate_batchnorm,
-                          evaluate, make_optimizer, pixel_classification, _as_map, _as_label_map)
-from libs.losses import discriminator_gan_loss, generator_gan_loss, mmd_content_loss
 from models.backbone import FrozenBatchNorm2d
 from models.cagnet import build_cagnet
+from models.ops import nearest_resize
 from tests.datagen import write_dataset
-from tests.tiny import tiny_model
 
 
 def make_trainer(model, lr=1e-3, update_back=True, weights=None, **kwargs):
@@ -20,7 +20,7 @@ def make_trainer(model, lr=1e-3, update_back=True, weights=None, **kwargs):
                   "dis": make_optimizer("adam", [{"params": list(model.dis.parameters())}], lr, 5e-4),
                   "gen": make_optimizer("adam", [{"params": list(model.gen.parameters())}], lr, 0.0)}
     schedulers = {k: build_scheduler(o, "constant", init_lr=lr) for k, o in optimizers.items()}
-    return Trainer(model, optimizers, schedulers, weights or LossWeights(D_cls_fake=0.25, G_cls=0.5),
+    return CaGNetTrainer(model, optimizers, schedulers, weights or LossWeights(D_cls_fake=0.25, G_cls=0.5),
                    num_seen=3, num_unseen=2, unseen_rate=9.0, update_back=update_back, top_p=2, **kwargs)
 
 
@@ -35,7 +35,7 @@ def batch(seed=0, n=2, size=64):
 def test_backbone_groups_match_spec_on_full_model():
     with torch.device("meta"):
         model = build_cagnet(torch.zeros(256, 600), torch.zeros(20, 600), 21)
-    groups = backbone_parameters(model)
+    groups = {k: v for k, v in model.param_groups().items() if k not in ("dis", "gen")}
     assert [len(groups[k]) for k in ("resnet", "contextual", "aspp_weight", "aspp_bias")] == [104, 6, 4, 4]
     sizes = {k: sum(p.numel() for p in v) for k, v in groups.items()}
     assert sizes["resnet"] == 42_394_816
@@ -50,7 +50,7 @@ def test_backbone_groups_match_spec_on_full_model():
     assert grouped == {id(p) for p in model.back.parameters() if p.requires_grad}
 
 
-def test_backbone_optimizer_multipliers_and_decay():
+def test_backbone_optimizer_multipliers_and_decay(tiny_model):
     model = tiny_model()
     opt = backbone_optimizer(model, "sgd", 2.5e-4, 5e-4)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([2.5e-4, 1.25e-3, 2.5e-3, 5e-3])
@@ -64,13 +64,12 @@ def reference_gradients(model, images, labels, w: LossWeights):
     """The spec's routing written out directly: D <- loss_D, B <- loss_B, G <- loss_G, all from one forward."""
     out = model.step1(images, labels)
     dis = model.dis
-    ones = torch.ones(1, 1, out.real.shape[0], 1, dtype=torch.bool)
-    d = discriminator_gan_loss(_as_map(dis.score(out.real.detach())), _as_map(dis.score(out.fake.detach())), ones)
-    cls_fake, _ = pixel_classification(dis, out.fake, out.labels)
-    cls_real = sum(pixel_classification(dis, f, y)[0] for f, y in zip(out.pyramid_real, out.pyramid_labels)) / 4
+    d = discriminator_gan_loss(dis.score(out.real.detach()), dis.score(out.fake.detach()))
+    cls_fake, _ = classification_loss(dis.logits(out.fake), out.labels)
+    cls_real = sum(classification_loss(dis.logits(f), y)[0] for f, y in zip(out.pyramid_real, out.pyramid_labels)) / 4
     loss_d = d["D_real"] + d["D_fake"] + w.D_cls_real * cls_real + w.D_cls_fake * cls_fake
-    g_gan = generator_gan_loss(_as_map(dis.score(out.fake)), ones)
-    content = mmd_content_loss(_as_map(out.fake), _as_map(out.real.detach()), _as_label_map(out.labels), ones)
+    g_gan = generator_gan_loss(dis.score(out.fake))
+    content = mmd_content_loss(out.fake, out.real.detach(), out.labels)
     loss_g = w.G_GAN * g_gan + w.G_Content * content + w.G_cls * cls_fake
     loss_b = w.B_KLD * out.kld + w.B_cls * cls_real
     trainer = make_trainer(model)
@@ -81,7 +80,7 @@ def reference_gradients(model, images, labels, w: LossWeights):
     return grads, trainer.params
 
 
-def test_step1_gradients_follow_the_spec_routing():
+def test_step1_gradients_follow_the_spec_routing(tiny_model):
     w = LossWeights(D_cls_fake=0.25, G_cls=0.5)
     images, labels = batch()
     model = tiny_model()
@@ -96,7 +95,7 @@ def test_step1_gradients_follow_the_spec_routing():
             assert torch.allclose(p.grad, ref, atol=1e-6, rtol=1e-4), net
 
 
-def test_step1_updates_all_trained_parameters_and_nothing_frozen():
+def test_step1_updates_all_trained_parameters_and_nothing_frozen(tiny_model):
     model = tiny_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainer = make_trainer(model)
@@ -107,7 +106,7 @@ def test_step1_updates_all_trained_parameters_and_nothing_frozen():
     assert unchanged == frozen
 
 
-def test_frozen_backbone_builds_no_backbone_graph_and_stays_fixed():
+def test_frozen_backbone_builds_no_backbone_graph_and_stays_fixed(tiny_model):
     model = tiny_model()
     back_before = {k: v.clone() for k, v in model.back.state_dict().items()}
     trainer = make_trainer(model, update_back=False)
@@ -118,7 +117,7 @@ def test_frozen_backbone_builds_no_backbone_graph_and_stays_fixed():
     assert trainer.schedulers["back"].last_iter == 0
 
 
-def test_skipped_batch_changes_nothing():
+def test_skipped_batch_changes_nothing(tiny_model):
     model = tiny_model()
     trainer = make_trainer(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -128,7 +127,7 @@ def test_skipped_batch_changes_nothing():
     assert all(s.last_iter == 0 for s in trainer.schedulers.values())
 
 
-def test_step2_runs_no_backbone_and_adam_moves_generator_with_zero_loss():
+def test_step2_runs_no_backbone_and_adam_moves_generator_with_zero_loss(tiny_model):
     model = tiny_model()
     trainer = make_trainer(model, weights=LossWeights(D_cls_fake_transfer=0.125, G_cls_transfer=0.0))
     trainer.step1(*batch())                       # gives the generator's Adam some moments
@@ -146,7 +145,7 @@ def test_step2_runs_no_backbone_and_adam_moves_generator_with_zero_loss():
     assert trainer.schedulers["back"].last_iter == 2 and trainer.schedulers["gen"].last_iter == 2
 
 
-def test_self_training_step_trains_on_pseudo_labels():
+def test_self_training_step_trains_on_pseudo_labels(tiny_model):
     model = tiny_model()
     trainer = make_trainer(model)
     images, labels = batch()
@@ -161,7 +160,7 @@ def test_self_training_step_trains_on_pseudo_labels():
     assert torch.equal(pseudo[small != 255], small[small != 255])   # seen labels kept
 
 
-def test_evaluate_matches_manual_confusion_and_writes_raw_predictions(tmp_path):
+def test_evaluate_matches_manual_confusion_and_writes_raw_predictions(tmp_path, tiny_model):
     toy = write_dataset(str(tmp_path), n_train=2, n_test=3, image_size=(40, 56))
     splits = load_class_splits(toy.datadir, toy.name)
     data = ZeroShotSegmentation(toy.root, load_split_list(toy.datadir, toy.name, "test"), splits, train=False,
@@ -188,12 +187,14 @@ def test_evaluate_matches_manual_confusion_and_writes_raw_predictions(tmp_path):
     assert scores["mIoU"] == pytest.approx(np.nanmean(iou))
 
 
-def test_batchnorm_calibration_uses_data_statistics():
+def test_batchnorm_calibration_uses_data_statistics(tiny_model):
     model = tiny_model()
     bn = model.back.scale.backbone.layer1.conv1.bn
     assert torch.equal(bn.running_var, torch.ones_like(bn.running_var))
-    used = calibrate_batchnorm(model, [batch(i)[0] for i in range(3)], torch.device("cpu"))
-    assert used == 3
+    with torch.no_grad(), FrozenBatchNorm2d.calibrating(model) as layers:
+        for i in range(3):
+            model.calibration_forward(batch(i)[0])
+    assert layers == 1 + 4 * 3 + 4                     # stem, 4 blocks of 3 convs, 4 projections
     assert not torch.equal(bn.running_var, torch.ones_like(bn.running_var))
     assert not bn.training and bn.momentum == 0.999
     model.train()
@@ -201,8 +202,8 @@ def test_batchnorm_calibration_uses_data_statistics():
 
 
 def test_sharded_sampler_splits_each_epoch_between_ranks():
-    from libs.loop import _ShardedSampler
-    shards = [_ShardedSampler(11, seed=3, rank=r, world_size=3) for r in range(3)]
+    from libs.datasets.stream import ShardedSampler
+    shards = [ShardedSampler(11, seed=3, rank=r, world_size=3) for r in range(3)]
     for s in shards:
         s.set_epoch(2)
     items = [list(s) for s in shards]

@@ -1,5 +1,5 @@
 """A shortened `make demo`: data generation, step 1, mixed, evaluation of both, the table and the picture,
-through tools/run_demo.py and train.py with the demo configs (redirected to a temporary folder)."""
+through demo/run.py and train.py with the demo configs (redirected to a temporary folder)."""
 import json
 import os
 
@@ -8,9 +8,11 @@ import pytest
 import yaml
 from PIL import Image
 
+from demo import run as run_demo
 from libs.config import load_config
 from tests.e2e_config import ROOT
-from tools import run_demo
+
+pytestmark = pytest.mark.slow   # subprocess runs of train.py / torchrun / the demo
 
 UNSEEN = {16, 17, 18, 19, 20}
 

@@ -1,17 +1,13 @@
 """The synthetic demo benchmark: determinism, the real on-disk layout, class coverage, predictable appearance."""
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from libs import demo_data  # noqa: E402
-from tools import make_demo_data  # noqa: E402
+from demo import data as demo_data
+from demo import make_data as make_demo_data
+from libs.datasets import read_class_names
 
 N_TRAIN, N_TEST, SIZE = 24, 20, 64
 
@@ -30,7 +26,7 @@ def demo(tmp_path_factory):
 @pytest.fixture(scope='module')
 def embeddings():
     voc = demo_data.find_voc_dir()
-    return demo_data.load_fastnvec(voc / 'word_vectors')
+    return demo_data.load_fastnvec(voc)
 
 
 def test_same_seed_gives_identical_bytes_and_other_seed_differs(demo, tmp_path):
@@ -94,7 +90,7 @@ def test_every_class_in_train_and_test(demo):
             hist += np.bincount(np.array(Image.open(p)).ravel(), minlength=256)
         assert all(hist[c] > 0 for c in range(1, 21)), (sub, hist[:21])
         assert hist[0] > 0 and hist[255] > 0
-        names = demo_data.read_class_names(out / 'labels_refined.txt')
+        names = read_class_names(out / 'labels_refined.txt')
         assert [summary['pixel_counts'][sub][names[c]] for c in range(1, 21)] == hist[1:21].tolist()
 
 

@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from libs.schedulers import (ConstantLR, LambdaDecay, PolyLR, StepDecay, build_scheduler,
-                             training_phase)
+from libs.schedulers import ConstantLR, LambdaDecay, PolyLR, StepDecay, build_scheduler, training_phase
 
 
 def _sgd(num_groups=1, lr_mults=None):

@@ -1,16 +1,13 @@
 """Palette, colourising, the prediction grid and its command-line tool."""
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from libs import demo_data, visualize  # noqa: E402
-from tools import visualize_predictions  # noqa: E402
+from demo import data as demo_data
+from libs import visualize
+from tests.datagen import write_dataset
+from tools import visualize_predictions
 
 NAMES = ['background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow',
          'diningtable', 'dog', 'horse', 'motorbike', 'person', 'potted_plant', 'sheep', 'sofa', 'train', 'tv']
@@ -112,3 +109,19 @@ def test_cli_writes_grid(tmp_path):
     assert canvas.shape[0] >= visualize.TITLE_H + 3 * (visualize.ROW_TITLE_H + 64 * 4 + visualize.PAD)
     with pytest.raises(FileNotFoundError, match='nope'):
         visualize_predictions.main(['--root', str(root), '--pred', f'x={tmp_path / "nope"}'])
+
+
+def test_cli_reads_class_names_with_spaces(tmp_path):
+    """COCO-Stuff names such as `traffic light` hold a space: the tool reads them with the loader's reader (its old
+    copy split on any whitespace and refused the file)."""
+    names = ['person', 'bicycle', 'traffic light', 'fire hydrant', 'wall-concrete', 'sky']
+    toy = write_dataset(str(tmp_path), name='coco', num_classes=6, seen=(0, 1, 2), unseen=(4, 3),
+                        n_train=1, n_test=2, class_names=names, subdirs=('train2017', 'val2017'))
+    preds = tmp_path / 'pred'
+    preds.mkdir()
+    for _, stem in toy.test_entries:
+        cv2.imwrite(str(preds / f'{stem}.png'), np.full((9, 9), 3, np.uint8))      # 'fire hydrant' everywhere
+    out = tmp_path / 'grid.png'
+    assert visualize_predictions.main(['--root', toy.root, '--split', 'val2017', '--num', '2', '--out', str(out),
+                                       '--pred', f'model={preds}']) == 0
+    assert cv2.imread(str(out)).shape[0] > 2 * 40

@@ -13,6 +13,8 @@ from PIL import Image
 from tests.datagen import write_dataset
 from tests.e2e_config import ROOT, write_tiny_config
 
+pytestmark = pytest.mark.slow   # subprocess runs of train.py / torchrun / the demo
+
 
 def run(*args, expect_ok=True):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], capture_output=True, text=True,
@@ -74,9 +76,10 @@ def test_checkpoints_hold_original_keys_and_training_state(pipeline):
     assert "back.scale.layer1.conv1.conv.weight" in ckpt["state_dict"]
     assert "back.scale.contextuallocalmu.conv.weight" in ckpt["state_dict"]
     state = ckpt["training_state"]
-    assert set(state) == {"trainer", "stream", "rng", "num_pixels", "schedule"}
+    # num_pixels is the trainer's own state (it moved there from the top level of training_state)
+    assert set(state) == {"trainer", "stream", "rng", "schedule"}
     assert state["trainer"]["schedulers"]["dis"]["last_iter"] == 6
-    assert state["num_pixels"] == 2 * 7 * 7           # crop 49 -> 7x7 features, batch 2
+    assert state["trainer"]["num_pixels"] == 2 * 7 * 7           # crop 49 -> 7x7 features, batch 2
     assert ckpt["config"]["dataset"] == pipeline["toy"].name
 
 
@@ -169,3 +172,13 @@ def test_bn_calibration_does_not_consume_training_batches(pipeline, tmp_path):
     assert ckpt["training_state"]["stream"]["epoch"] == 0
     bn = ckpt["state_dict"]["back.scale.layer1.conv1.bn.running_var"]
     assert not torch.allclose(bn, torch.ones_like(bn))
+
+
+def test_an_error_is_printed_once_on_stderr(pipeline):
+    proc = run("--config", "nope.yaml", expect_ok=False)          # before the logger exists
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("nope.yaml") == 1 and proc.stderr.startswith("error: config file 'nope.yaml'")
+    proc = run("--config", pipeline["cfg"]["st"], "--schedule", "st", expect_ok=False)   # after it exists
+    assert proc.returncode == 2
+    assert (proc.stdout + proc.stderr).count("needs a model: pass --init_model") == 1
+    assert "needs a model" in proc.stderr

@@ -7,12 +7,18 @@ import warnings
 import pytest
 import torch
 
-from libs.checkpoint import (atomic_save, export_original, load_model_weights, original_to_ours,
-                             ours_to_original, read_checkpoint, snapshot)
+from libs.checkpoint import (
+    atomic_save,
+    export_original,
+    load_model_weights,
+    original_to_ours,
+    ours_to_original,
+    read_checkpoint,
+    snapshot,
+)
 from models.cagnet import build_cagnet
-from tests.tiny import tiny_model
+from tests.e2e_config import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Names, shapes and dtypes of every tensor in the authors' released checkpoints (no values), per dataset.
 MANIFEST = os.path.join(ROOT, "tests", "data", "official_checkpoint_manifest.json")
 DATASETS = {"voc12": (15, 5, 21), "context": (29, 4, 34), "cocostuff": (167, 15, 183)}
@@ -73,7 +79,7 @@ def test_shape_mismatch_names_keys_and_shapes():
     assert "Em_all.weight: file (182, 600) vs model (20, 600)" in text
 
 
-def test_strict_checkpoint_with_missing_keys_is_an_error():
+def test_strict_checkpoint_with_missing_keys_is_an_error(tiny_model):
     model = tiny_model()
     state = ours_to_original(model.state_dict())
     state.pop("dis.pred.bias")
@@ -81,13 +87,14 @@ def test_strict_checkpoint_with_missing_keys_is_an_error():
         load_model_weights(model, {"iteration": 3, "state_dict": state})
 
 
-def test_round_trip_through_snapshot_export_and_tool(tmp_path):
+@pytest.mark.slow
+def test_round_trip_through_snapshot_export_and_tool(tmp_path, tiny_model):
     model = tiny_model(seed=1)
     path = tmp_path / "00000010.pth"
     atomic_save(snapshot(model, 10, training_state={"x": 1}, config={"a": 1}), str(path))
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
     out = tmp_path / "released.pth"
-    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "export_checkpoint.py"), str(path), str(out)],
+    subprocess.run([sys.executable, "-m", "tools.export_checkpoint", str(path), str(out)],
                    check=True, capture_output=True, cwd=ROOT)
     exported = read_checkpoint(str(out))
     assert set(exported) == {"iteration", "state_dict"} and exported["iteration"] == 10
@@ -100,7 +107,7 @@ def test_round_trip_through_snapshot_export_and_tool(tmp_path):
     assert export_original(exported)["state_dict"].keys() == exported["state_dict"].keys()
 
 
-def test_key_renaming_is_invertible():
+def test_key_renaming_is_invertible(tiny_model):
     state = tiny_model().state_dict()
     assert list(original_to_ours(ours_to_original(state))) == list(state)
 

@@ -11,11 +11,12 @@ import pytest
 from PIL import Image
 
 from libs.datasets import ZeroShotSegmentation, load_class_splits, load_split_list
-from libs.datasets.splits import build_split_list, verify_split_list
 from tests.datagen import make_image, toy_palette, write_dataset, write_split_list
+from tests.e2e_config import ROOT
 from tools import build_word_vectors, make_split_list, prepare_cocostuff, prepare_voc12
+from tools.split_lists import build_split_list, verify_split_list
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = ROOT
 
 
 def _jpg(path, h=16, w=16, value=90):
@@ -66,12 +67,13 @@ def test_build_and_verify_split_list(tmp_path, capsys):
     assert '1 missing file(s)' in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_make_split_list_runs_as_a_script(tmp_path):
     toy = write_dataset(str(tmp_path), n_train=2, n_test=1)
     out = str(tmp_path / 'sub' / 'train_list.npy')
-    res = subprocess.run([sys.executable, os.path.join(REPO, 'tools', 'make_split_list.py'), '--annotations',
+    res = subprocess.run([sys.executable, '-m', 'tools.make_split_list', '--annotations',
                           os.path.join(toy.root, 'annotations'), '--subdir', 'train', '--out', out],
-                         cwd=str(tmp_path), capture_output=True, text=True)
+                         cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert 'wrote 2 entries' in res.stdout
     assert len(np.load(out)) == 2

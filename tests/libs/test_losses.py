@@ -4,8 +4,15 @@ import pytest
 import torch
 
 from libs import losses
-from libs.losses import (MMD_SIGMAS, classification_loss, discriminator_gan_loss, generator_gan_loss,
-                         gradient_penalty, mmd_content_loss)
+from libs.losses import (
+    MMD_SIGMAS,
+    classification_loss,
+    discriminator_gan_loss,
+    generator_gan_loss,
+    gradient_penalty,
+    mmd_content_loss,
+)
+from models.ops import apply_1x1, to_pixels
 
 # One image 2x2: three visible pixels (top-right ignored).
 REAL = torch.tensor([[[[0.9, 0.2], [0.6, 0.5]]]])
@@ -13,43 +20,52 @@ FAKE = torch.tensor([[[[0.3, 0.8], [0.1, 0.2]]]])
 MASK = torch.tensor([[[True, False], [True, True]]])
 
 
+def visible(maps, mask):
+    """(N, C, h, w) maps -> (P, C) matrix of the visible pixels in raster order: the layout the losses take."""
+    return to_pixels(maps)[mask.reshape(-1)]
+
+
+def image_index(mask):
+    return mask.reshape(mask.shape[0], -1).nonzero()[:, 0]
+
+
 def test_lsgan_is_masked_l1():
-    d = discriminator_gan_loss(REAL, FAKE, MASK, "lsgan")
+    d = discriminator_gan_loss(visible(REAL, MASK), visible(FAKE, MASK), "lsgan")
     assert d["D_real"].item() == pytest.approx((0.1 + 0.4 + 0.5) / 3)
     assert d["D_fake"].item() == pytest.approx((0.3 + 0.1 + 0.2) / 3)
-    assert generator_gan_loss(FAKE, MASK, "lsgan").item() == pytest.approx((0.7 + 0.9 + 0.8) / 3)
+    assert generator_gan_loss(visible(FAKE, MASK), "lsgan").item() == pytest.approx((0.7 + 0.9 + 0.8) / 3)
 
 
 def test_gan_is_masked_bce():
-    d = discriminator_gan_loss(REAL, FAKE, MASK, "gan")
+    d = discriminator_gan_loss(visible(REAL, MASK), visible(FAKE, MASK), "gan")
     assert d["D_real"].item() == pytest.approx(-(math.log(0.9) + math.log(0.6) + math.log(0.5)) / 3, rel=1e-6)
     assert d["D_fake"].item() == pytest.approx(-(math.log(0.7) + math.log(0.9) + math.log(0.8)) / 3, rel=1e-6)
-    g = generator_gan_loss(FAKE, MASK, "gan").item()
+    g = generator_gan_loss(visible(FAKE, MASK), "gan").item()
     assert g == pytest.approx(-(math.log(0.3) + math.log(0.1) + math.log(0.2)) / 3, rel=1e-6)
 
 
 @pytest.mark.parametrize("gan_type", ["wgan", "wgan-gp"])
 def test_wgan_on_sigmoid_scores(gan_type):
-    d = discriminator_gan_loss(REAL, FAKE, MASK.unsqueeze(1), gan_type)  # (N,1,h,w) mask works too
+    d = discriminator_gan_loss(visible(REAL, MASK), visible(FAKE, MASK), gan_type)
     assert d["D_real"].item() == pytest.approx(-(0.9 + 0.6 + 0.5) / 3)
     assert d["D_fake"].item() == pytest.approx((0.3 + 0.1 + 0.2) / 3)
-    assert generator_gan_loss(FAKE, MASK, gan_type).item() == pytest.approx(-(0.3 + 0.1 + 0.2) / 3)
+    assert generator_gan_loss(visible(FAKE, MASK), gan_type).item() == pytest.approx(-(0.3 + 0.1 + 0.2) / 3)
 
 
 def test_gan_loss_gradient_only_from_visible_pixels():
     fake = FAKE.clone().requires_grad_(True)
-    generator_gan_loss(fake, MASK, "lsgan").backward()
+    generator_gan_loss(visible(fake, MASK), "lsgan").backward()
     assert torch.allclose(fake.grad, torch.tensor([[[[-1 / 3, 0.0], [-1 / 3, -1 / 3]]]]))
 
 
 def test_gan_loss_bad_type_and_empty_mask():
     with pytest.raises(ValueError, match="gan_type.*lsgan"):
-        discriminator_gan_loss(REAL, FAKE, MASK, "hinge")
+        discriminator_gan_loss(visible(REAL, MASK), visible(FAKE, MASK), "hinge")
     with pytest.raises(ValueError, match="gan_type"):
-        generator_gan_loss(FAKE, MASK, "LSGAN")
+        generator_gan_loss(visible(FAKE, MASK), "LSGAN")
     empty = torch.zeros_like(MASK)
-    assert discriminator_gan_loss(REAL, FAKE, empty, "lsgan") is None
-    assert generator_gan_loss(FAKE, empty, "lsgan") is None
+    assert discriminator_gan_loss(visible(REAL, empty), visible(FAKE, empty), "lsgan") is None
+    assert generator_gan_loss(visible(FAKE, empty), "lsgan") is None
 
 
 def test_gradient_penalty_linear_critic_by_hand():
@@ -60,7 +76,8 @@ def test_gradient_penalty_linear_critic_by_hand():
         conv.weight.copy_(torch.tensor([0.6, 0.8]).view(1, 2, 1, 1))
     real, fake = torch.randn(2, 2, 2, 2), torch.randn(2, 2, 2, 2)
     mask = torch.tensor([[[True, True], [False, False]], [[False, False], [False, True]]])
-    gp = gradient_penalty(conv, real, fake, mask, weight=10.0)
+    gp = gradient_penalty(lambda x: apply_1x1(conv, x), visible(real, mask), visible(fake, mask), image_index(mask),
+                          2, weight=10.0)
     assert gp.item() == pytest.approx(10.0 * (math.sqrt(2) - 1) ** 2 / 2, rel=1e-5)
     # create_graph: the penalty trains the critic; d gp / d w = 10 * sum_n (sqrt(v_n) - 1) sqrt(v_n) * w.
     gp.backward()
@@ -73,7 +90,8 @@ def test_gradient_penalty_per_sample_alpha():
     real, fake = torch.ones(2, 3, 2, 2), torch.zeros(2, 3, 2, 2)
     mask = torch.ones(2, 2, 2, dtype=torch.bool)
     gen = torch.Generator().manual_seed(0)
-    gp = gradient_penalty(lambda x: (x ** 2).sum(1, keepdim=True), real, fake, mask, 1.0, generator=gen)
+    gp = gradient_penalty(lambda x: (x ** 2).sum(1, keepdim=True), visible(real, mask), visible(fake, mask),
+                          image_index(mask), 2, 1.0, generator=gen)
     alpha = torch.rand((2, 1, 1, 1), generator=torch.Generator().manual_seed(0)).flatten()
     assert alpha[0] != alpha[1]
     norms = 2 * alpha * math.sqrt(3 * 4)
@@ -85,7 +103,7 @@ def test_classification_loss_and_accuracy_by_hand():
     # pixel 2 ignored.
     logits = torch.tensor([[[[1.0, math.log(3.0), 5.0]], [[0.0, 0.0, -5.0]]]], requires_grad=True)
     labels = torch.tensor([[[0, 1, 255]]])
-    loss, acc = classification_loss(logits, labels)
+    loss, acc = classification_loss(to_pixels(logits), labels.reshape(-1))
     expected = (math.log(1 + math.exp(-1)) + math.log(4.0)) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     assert acc.item() == pytest.approx(0.5)
@@ -95,7 +113,7 @@ def test_classification_loss_and_accuracy_by_hand():
 
 
 def test_classification_loss_no_valid_pixel_is_none():
-    assert classification_loss(torch.randn(1, 3, 2, 2), torch.full((1, 2, 2), 255)) is None
+    assert classification_loss(to_pixels(torch.randn(1, 3, 2, 2)), torch.full((4,), 255)) is None
 
 
 # ---------------------------------------------------------------- MMD content loss
@@ -144,7 +162,8 @@ def test_mmd_single_pixel_runs():
     fake = _features([[[[1.0, 0.0], [2.0, 0.0], [5.0, 5.0]]]])
     real = _features([[[[0.0, 0.0], [0.0, 0.0], [5.0, 5.0]]]])
     labels = torch.tensor([[[0, 1, 0]]])
-    loss = mmd_content_loss(fake, real, labels, labels != 255)
+    mask = labels != 255
+    loss = mmd_content_loss(visible(fake, mask), visible(real, mask), labels[mask])
     per_run = [math.sqrt(sum(1 - math.exp(-d2 / (2 * s)) for s in MMD_SIGMAS)) for d2 in (1.0, 4.0)]
     assert loss.item() == pytest.approx((per_run[0] + per_run[1] + 0.0) / 3, rel=1e-9)
 
@@ -159,7 +178,8 @@ def test_mmd_run_merges_across_images():
     fake = _features([[[[0.0]]], [[[2.0]]]])
     real = _features([[[[1.0]]], [[[1.0]]]])
     labels = torch.tensor([[[3]], [[3]]])
-    loss = mmd_content_loss(fake, real, labels, labels != 255)
+    mask = labels != 255
+    loss = mmd_content_loss(visible(fake, mask), visible(real, mask), labels[mask])
     assert loss.item() == pytest.approx(_two_pixel_run_value(), rel=1e-9)
 
 
@@ -168,12 +188,14 @@ def test_mmd_run_merges_across_ignored_gap_and_row_end():
     fake = _features([[[[0.0], [9.0]], [[2.0], [7.0]]]])
     real = _features([[[[1.0], [9.0]], [[1.0], [0.0]]]])
     labels = torch.tensor([[[3, 255], [3, 255]]])
-    loss = mmd_content_loss(fake, real, labels, labels != 255)
+    mask = labels != 255
+    loss = mmd_content_loss(visible(fake, mask), visible(real, mask), labels[mask])
     assert loss.item() == pytest.approx(_two_pixel_run_value(), rel=1e-9)
     # Separated by a visible pixel of another class: three runs instead.
     labels_split = torch.tensor([[[3, 4], [3, 255]]])
     single = [math.sqrt(sum(1 - math.exp(-d2 / (2 * s)) for s in MMD_SIGMAS)) for d2 in (1.0, 1.0)]
-    split = mmd_content_loss(fake, real, labels_split, labels_split != 255)
+    mask = labels_split != 255
+    split = mmd_content_loss(visible(fake, mask), visible(real, mask), labels_split[mask])
     assert split.item() == pytest.approx((single[0] + 0.0 + single[1]) / 3, rel=1e-9)
 
 
@@ -194,7 +216,7 @@ def test_mmd_matches_reference_value_and_gradients(seed):
     mask = labels != 255
     f1, r1 = fake.clone().requires_grad_(True), real.clone().requires_grad_(True)
     f2, r2 = fake.clone().requires_grad_(True), real.clone().requires_grad_(True)
-    ours = mmd_content_loss(f1, r1, labels, mask)
+    ours = mmd_content_loss(visible(f1, mask), visible(r1, mask), labels[mask])
     ref = reference_mmd(f2, r2, labels, mask)
     lengths = torch.unique_consecutive(labels[mask], return_counts=True)[1]
     assert lengths.numel() > 10 and lengths.max() > 2 and (lengths == 1).any()
@@ -213,7 +235,7 @@ def test_mmd_long_runs_processed_in_blocks(monkeypatch):
     labels[0, :3] = 1  # one run of >= 20 pixels
     mask = labels != 255
     f1, f2 = fake.clone().requires_grad_(True), fake.clone().requires_grad_(True)
-    ours = mmd_content_loss(f1, real, labels, mask)
+    ours = mmd_content_loss(visible(f1, mask), visible(real, mask), labels[mask])
     ref = reference_mmd(f2, real, labels, mask)
     assert ours.item() == pytest.approx(ref.item(), rel=1e-9)
     ours.backward()
@@ -236,18 +258,19 @@ def test_mmd_identical_fake_and_real_is_zero_with_zero_gradient():
     fake = fake * 3
     real = fake.clone()
     f = fake.clone().requires_grad_(True)
-    loss = mmd_content_loss(f, real, labels, labels != 255)
+    mask = labels != 255
+    loss = mmd_content_loss(visible(f, mask), visible(real, mask), labels[mask])
     assert loss.item() == 0.0
     loss.backward()
     assert torch.isfinite(f.grad).all() and torch.all(f.grad == 0)
 
 
-def test_mmd_accepts_4d_mask_and_returns_none_without_visible_pixels():
+def test_mmd_returns_none_without_visible_pixels_and_checks_shapes():
     fake, real, labels = _random_case(6)
     mask = labels != 255
-    a = mmd_content_loss(fake, real, labels, mask)
-    b = mmd_content_loss(fake, real, labels, mask.unsqueeze(1))
-    assert a.item() == b.item()
-    assert mmd_content_loss(fake, real, labels, torch.zeros_like(mask)) is None
-    with pytest.raises(ValueError, match="labels and mask"):
-        mmd_content_loss(fake, real, labels[:, :-1], mask)
+    a = mmd_content_loss(visible(fake, mask), visible(real, mask), labels[mask])
+    assert torch.isfinite(a)
+    empty = torch.zeros_like(mask)
+    assert mmd_content_loss(visible(fake, empty), visible(real, empty), labels[empty]) is None
+    with pytest.raises(ValueError, match="labels"):
+        mmd_content_loss(visible(fake, mask), visible(real, mask), labels[mask][:-1])

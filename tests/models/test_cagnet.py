@@ -5,13 +5,13 @@ import warnings
 import pytest
 import torch
 
-from libs.labels import nearest_resize
 from models.backbone import FrozenBatchNorm2d, feature_size
 from models.cagnet import build_cagnet, unseen_prior
 from models.contextual import kl_divergence
-from tests.tiny import tiny_model
+from models.ops import nearest_resize
+from tests.e2e_config import ROOT
 
-MANIFEST = os.path.join(os.path.dirname(__file__), "data", "official_checkpoint_manifest.json")
+MANIFEST = os.path.join(ROOT, "tests", "data", "official_checkpoint_manifest.json")
 
 
 def full_size_model(num_seen, num_unseen, num_outputs):
@@ -26,7 +26,7 @@ def test_feature_size_matches_spec(size, expected):
 
 
 @pytest.mark.parametrize("size", [33, 40, 49, 64, 65, 71])
-def test_feature_size_matches_forward(size):
+def test_feature_size_matches_forward(size, tiny_model):
     model = tiny_model().eval()
     with torch.no_grad():
         h0 = model.back(torch.randn(1, 3, size, size)).h0
@@ -57,20 +57,21 @@ def test_full_size_parameter_counts_match_spec(dataset, seen, unseen, outputs, t
         assert grad - frozen_in_original == 101_494_926
 
 
-def test_shapes_and_output_stride_tiny():
+def test_shapes_and_output_stride_tiny(tiny_model):
     model = tiny_model()
     model.train()
     x = torch.randn(2, 3, 64, 64)
-    out = model.back(x, torch.ones(2, 9, 9, dtype=torch.bool), pyramid=True)
+    out = model.back(x)
+    pyramid = model.back.pyramid(x, out.h0, select=lambda o: o.h0)
     assert out.h0.shape == (2, 16, 9, 9) and out.z.shape == (2, 16, 9, 9)
-    assert [tuple(p.shape[-2:]) for p in out.pyramid] == [(9, 9), (5, 5), (7, 7), (9, 9)]
+    assert [tuple(p.shape[-2:]) for p in pyramid] == [(9, 9), (5, 5), (7, 7), (9, 9)]
     assert model.pyramid_shapes(64, 64) == [(9, 9), (5, 5), (7, 7), (9, 9)]
     assert ((out.h0 >= 0) & (out.h0 <= 1)).all()  # sigmoid output (float32 may round to 1)
     # fused map is the pixel-wise max, so it dominates the full-scale map
-    assert (out.pyramid[3] >= out.pyramid[0]).all()
+    assert (pyramid[3] >= pyramid[0]).all()
 
 
-def test_frozen_batchnorm_stays_in_eval_and_untrainable():
+def test_frozen_batchnorm_stays_in_eval_and_untrainable(tiny_model):
     model = tiny_model()
     assert not model.back.scale.backbone.layer1.conv1.bn.training   # frozen from construction on
     model.train()
@@ -79,11 +80,12 @@ def test_frozen_batchnorm_stays_in_eval_and_untrainable():
     assert all(not bn.training for bn in bns)
     assert all(not p.requires_grad for bn in bns for p in bn.parameters())
     before = bns[0].running_mean.clone()
-    model.back(torch.randn(2, 3, 40, 40), pyramid=True)
+    x = torch.randn(2, 3, 40, 40)
+    model.back.pyramid(x, model.back(x).h0, select=lambda o: o.h0)
     assert torch.equal(before, bns[0].running_mean)
 
 
-def test_eval_is_deterministic_and_uses_mu():
+def test_eval_is_deterministic_and_uses_mu(tiny_model):
     model = tiny_model().eval()
     x = torch.randn(1, 3, 48, 48)
     with torch.no_grad():
@@ -96,7 +98,7 @@ def test_eval_is_deterministic_and_uses_mu():
     assert not torch.equal(z1, z2)  # training mode samples z
 
 
-def test_generator_output_in_unit_interval_and_dropout_train_only():
+def test_generator_output_in_unit_interval_and_dropout_train_only(tiny_model):
     model = tiny_model()
     cond, code = torch.randn(50, 12), torch.randn(50, 16)
     model.gen.train()
@@ -120,7 +122,7 @@ def test_kl_of_standard_normal_is_zero_and_masked_mean():
     assert kl_divergence(torch.zeros(1, 1, 1, 1), logvar).item() == pytest.approx((2.718281828 - 2) / 2)
 
 
-def test_step1_detaches_generator_input_and_gathers_visible_pixels():
+def test_step1_detaches_generator_input_and_gathers_visible_pixels(tiny_model):
     model = tiny_model().train()
     images = torch.randn(2, 3, 64, 64)
     labels = torch.full((2, 64, 64), 255, dtype=torch.long)
@@ -149,7 +151,7 @@ def test_step1_detaches_generator_input_and_gathers_visible_pixels():
     assert model.dis.cls.weight.grad is not None and model.gen.mlp[0].conv.weight.grad is None
 
 
-def test_step1_skips_batches_without_visible_pixels():
+def test_step1_skips_batches_without_visible_pixels(tiny_model):
     model = tiny_model().train()
     labels = torch.full((1, 64, 64), 255, dtype=torch.long)
     assert model.step1(torch.randn(1, 3, 64, 64), labels) is None
@@ -160,7 +162,7 @@ def test_step1_skips_batches_without_visible_pixels():
         assert model.step1(torch.randn(1, 3, 64, 64), labels) is None
 
 
-def test_step2_needs_no_backbone_and_samples_with_prior():
+def test_step2_needs_no_backbone_and_samples_with_prior(tiny_model):
     model = tiny_model(num_seen=3, num_unseen=2).train()
     calls = []
     model.back.register_forward_hook(lambda *a: calls.append(1))
@@ -173,7 +175,7 @@ def test_step2_needs_no_backbone_and_samples_with_prior():
     assert out.fake.shape == (20000, 16)
 
 
-def test_predict_uses_full_scale_only():
+def test_predict_uses_full_scale_only(tiny_model):
     model = tiny_model().eval()
     sizes = []
     model.back.scale.register_forward_hook(lambda m, i, o: sizes.append(i[0].shape[-1]))

@@ -8,11 +8,21 @@ import pytest
 import yaml
 
 from libs.config import (
-    SCHEDULE_SUFFIX, SCHEDULES, SCHEMA, Config, check_schedule_keys, config_reference_markdown,
-    iter_max, learning_rate, load_config, save_config, validate_config,
+    SCHEMA,
+    Config,
+    check_schedule_keys,
+    config_reference_markdown,
+    iter_max,
+    learning_rate,
+    load_config,
+    save_config,
+    validate_config,
 )
+from libs.engine.schedules import SCHEDULES
+from tests.e2e_config import ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+SCHEDULE_SUFFIX = {name: schedule.suffix for name, schedule in SCHEDULES.items()}
+REPO = Path(ROOT)
 CONFIGS = REPO / "configs"
 
 # file -> the schedule it is written for, and every schedule whose keys it carries.

@@ -1,0 +1,135 @@
+"""The restructuring into libs/engine changed no number: the code of the last commit before it and today's code,
+run on the same tiny data and configs, write bit-identical checkpoints, scores and prediction files.
+
+Needs the repository's history (the reference commit is checked out with `git archive`); a clone without it
+skips with the reason.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from tests.datagen import write_dataset
+from tests.e2e_config import ROOT, write_tiny_config
+
+REFERENCE = "e0ecd34"    # "Remove unused imports": the last commit before the restructuring
+NEW_KEYS = ("method",)   # keys the reference's schema does not know (their defaults reproduce it)
+
+pytestmark = pytest.mark.slow
+
+
+def _reference_tree(tmp):
+    if subprocess.run(["git", "-C", ROOT, "cat-file", "-e", f"{REFERENCE}^{{commit}}"]).returncode != 0:
+        pytest.skip(f"commit {REFERENCE} is not in this clone's history")
+    tree = tmp / "reference"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", ROOT, "archive", REFERENCE], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return str(tree)
+
+
+def _config(path, base, toy, results, **changes):
+    write_tiny_config(path, base, toy, results, **changes)
+    data = yaml.safe_load(open(path))
+    for key in NEW_KEYS:
+        data.pop(key, None)
+    with open(path, "w") as handle:
+        yaml.safe_dump(data, handle, sort_keys=False)
+    return path
+
+
+def _pipeline(tree, tmp, toy, name):
+    """step1 -> mixed -> mixed resumed from its first snapshot -> --val, all through `tree`'s train.py."""
+    results = str(tmp / f"Results-{name}")
+    exp = os.path.join(results, toy.name, "0")
+    step1 = _config(str(tmp / f"{name}-step1.yaml"), "voc12", toy, results, ITER_MAX=6, snapshot=3)
+    mixed = _config(str(tmp / f"{name}-mixed.yaml"), "voc12_finetune", toy, results, ITER_MAX_TRANSFER=8, snapshot=4,
+                    interval_step1=2, interval_step2=2, init_model=os.path.join(exp, "models", "00000006.pth"))
+
+    def train(*args):
+        proc = subprocess.run([sys.executable, os.path.join(tree, "train.py"), *args], cwd=tree, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+    train("--config", step1, "--schedule", "step1", "--seed", "1")
+    train("--config", mixed, "--schedule", "mixed")
+    final = os.path.join(exp, "models_transfer", "00000008.pth")
+    os.replace(final, final + ".uninterrupted")
+    train("--config", mixed, "--schedule", "mixed", "--resume_from", "4")
+    train("--config", step1, "--init_model", final, "--val", "--results_json", str(tmp / f"{name}.json"),
+          "--save_predictions", str(tmp / f"{name}-pred"))
+    return exp
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("equivalence")
+    reference = _reference_tree(tmp)
+    toy = write_dataset(str(tmp / "data"), n_train=6, n_test=3, image_size=[(40, 56), (60, 48)])
+    return tmp, _pipeline(reference, tmp, toy, "reference"), _pipeline(ROOT, tmp, toy, "today")
+
+
+def _checkpoints(exp):
+    return sorted(os.path.relpath(os.path.join(d, f), exp) for d, _, fs in os.walk(exp) for f in fs
+                  if ".pth" in f)
+
+
+def _assert_same_tensors(a, b, where):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert set(a) == set(b), where
+        for key in a:
+            _assert_same_tensors(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_tensors(x, y, f"{where}[{i}]")
+    elif isinstance(a, np.ndarray):
+        assert np.array_equal(a, b), where
+    else:
+        assert a == b, where
+
+
+def test_checkpoints_are_bit_identical(runs):
+    _, reference, today = runs
+    names = _checkpoints(reference)
+    assert names == _checkpoints(today) and len(names) == 5
+    for name in names:
+        old = torch.load(os.path.join(reference, name), weights_only=False)
+        new = torch.load(os.path.join(today, name), weights_only=False)
+        assert list(old["state_dict"]) == list(new["state_dict"])
+        _assert_same_tensors(old["state_dict"], new["state_dict"], f"{name}:state_dict")
+        old_state, new_state = old["training_state"], new["training_state"]
+        # the restructuring moved num_pixels into the trainer's state; everything else kept its place
+        assert new_state["trainer"].pop("num_pixels") == old_state.pop("num_pixels")
+        _assert_same_tensors(old_state, new_state, f"{name}:training_state")
+
+
+def test_resumed_run_equals_the_uninterrupted_one_in_both_trees(runs):
+    _, reference, today = runs
+    for exp in (reference, today):
+        path = os.path.join(exp, "models_transfer", "00000008.pth")
+        a = torch.load(path + ".uninterrupted", weights_only=False)["state_dict"]
+        b = torch.load(path, weights_only=False)["state_dict"]
+        _assert_same_tensors(a, b, path)
+
+
+def test_val_scores_and_prediction_files_are_identical(runs):
+    tmp, _, _ = runs
+    old, new = json.load(open(tmp / "reference.json")), json.load(open(tmp / "today.json"))
+    for scores in (old, new):
+        scores.pop("config")
+        scores.pop("model")
+    assert old == new
+    files = sorted(os.listdir(tmp / "reference-pred"))
+    assert files == sorted(os.listdir(tmp / "today-pred")) and len(files) == 3
+    for name in files:
+        assert np.array_equal(np.array(Image.open(tmp / "reference-pred" / name)),
+                              np.array(Image.open(tmp / "today-pred" / name))), name

@@ -31,7 +31,7 @@ def _gan_term(score: torch.Tensor, target: float, gan_type: str) -> torch.Tensor
     """Mean over pixels of the per-pixel GAN criterion for a constant target (1 = real, 0 = fake)."""
     if gan_type == "lsgan":
         # Faithful to the original: 'lsgan' is an L1 distance between the sigmoid score and the
-        # target, not a squared error (docs/method.md §3.1).
+        # target, not a squared error (docs/method.md §3.2).
         per_pixel = (score - target).abs()
     elif gan_type == "gan":
         per_pixel = F.binary_cross_entropy(score, torch.full_like(score, target), reduction="none")
@@ -78,7 +78,7 @@ def generator_gan_loss(score_fake: torch.Tensor, gan_type: str = "lsgan") -> Opt
 def gradient_penalty(score_fn: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor,
                      image_index: torch.Tensor, num_images: int, weight: float = 10.0,
                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """WGAN-GP penalty on random interpolates of real and fake features (docs/method.md §3.1).
+    """WGAN-GP penalty on random interpolates of real and fake features (docs/method.md §3.3).
 
     alpha ~ U(0, 1) per image, x_hat = alpha * real + (1 - alpha) * fake; g = d score(x_hat) / d x_hat with
     grad_outputs = 1; ||g_n|| is the norm over every visible pixel and channel of image n (the original masks
@@ -227,7 +227,7 @@ def _run_lengths(labels_1d: torch.Tensor) -> torch.Tensor:
 
 def mmd_content_loss(fake: torch.Tensor, real: torch.Tensor, labels: torch.Tensor,
                      sigmas: Sequence[float] = MMD_SIGMAS) -> Optional[torch.Tensor]:
-    """MMD content loss between generated and real features (docs/method.md §3.3 'MMDLoss').
+    """MMD content loss between generated and real features (docs/method.md §3.5 'MMDLoss').
 
     Args:
         fake: generated features (P, F) of the visible pixels, in (n, i, j) raster order.
@@ -242,7 +242,7 @@ def mmd_content_loss(fake: torch.Tensor, real: torch.Tensor, labels: torch.Tenso
 
     Faithful to the original: the groups are not classes but maximal runs of consecutive equal labels
     in the raster order of the *visible* pixels, so runs continue across row ends, across ignored gaps and
-    across images, and a class appearing in separated places forms several runs (docs/method.md §3.3). The
+    across images, and a class appearing in separated places forms several runs (docs/method.md §3.5). The
     original loops over pixels in Python; here runs are found with unique_consecutive and bucketed by length
     (power-of-two classes, padded to the bucket's longest run) so each bucket is one batched kernel computation.
     """

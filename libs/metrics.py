@@ -1,4 +1,4 @@
-"""Generalized zero-shot segmentation metrics (method-spec §8), as pure functions.
+"""Generalized zero-shot segmentation metrics (docs/method.md §7), as pure functions.
 
 Evaluation accumulates one confusion matrix over the whole test set on the device with
 ``torch.bincount`` (:func:`update_confusion`); :func:`gzsl_scores` turns it into the paper's numbers
@@ -43,7 +43,7 @@ def update_confusion(confusion: torch.Tensor, gt: torch.Tensor, pred: torch.Tens
         num_classes: n = S + U.
 
     Only pixels with 0 <= gt < n are counted. A prediction outside 0..n-1 (the dead channel n, which
-    the original never guards against and which would corrupt its matrix, method-spec §11.9) is a
+    the original never guards against and which would corrupt its matrix, docs/method.md §7.2) is a
     miss for its GT row: with an (n, n + 1) matrix it lands in the extra column, so it lowers that
     class's recall and IoU but adds to no class's column; with an (n, n) matrix such a pixel is left
     out entirely (it cannot be represented), which is why :func:`new_confusion` adds the column by
@@ -80,14 +80,14 @@ def _ratio(num: float, den: float) -> float:
 
 
 def harmonic(seen: float, unseen: float) -> float:
-    """2 / (1/seen + 1/unseen); 0 when the result is NaN or either term is 0 (method-spec §8)."""
+    """2 / (1/seen + 1/unseen); 0 when the result is NaN or either term is 0 (docs/method.md §7.3)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         value = float(np.float64(2.0) / (np.float64(1.0) / np.float64(seen) + np.float64(1.0) / np.float64(unseen)))
     return 0.0 if math.isnan(value) else value
 
 
 def gzsl_scores(confusion, num_seen: int) -> dict:
-    """GZSL scores of a confusion matrix (method-spec §8, the original's ``scores_gzsl``).
+    """GZSL scores of a confusion matrix (docs/method.md §7.3, the original's ``scores_gzsl``).
 
     Args:
         confusion: (n, n) or (n, n + 1) numpy array or torch tensor, rows = GT, columns = prediction;

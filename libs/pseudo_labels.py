@@ -1,4 +1,4 @@
-"""Self-training pseudo-labels for the `st` schedule (method-spec §5 "Self-training pseudo-labels").
+"""Self-training pseudo-labels for the `st` schedule (docs/method.md §5.4).
 
 Unlabelled pixels (ignore) whose top-ranked classifier outputs include an unseen class get the
 best-ranked unseen test id as label; pixels with a seen label keep it. There is no confidence
@@ -24,7 +24,7 @@ def self_training_labels(train_labels: torch.Tensor, logits: torch.Tensor, num_s
         ranks) but are never assigned.
 
     Ranking is a descending sort over all C logits. Faithful to the original: pseudo-labels may land on
-    background, void and crop-padding pixels, which are all ignore here (method-spec §11.10).
+    background, void and crop-padding pixels, which are all ignore here (docs/method.md §9 K10).
     The sort is stable, so exactly equal logits rank the lower class id first on every device; the
     original's tie order is unspecified and exact ties between float logits do not occur in practice.
     """

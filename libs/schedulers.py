@@ -1,4 +1,4 @@
-"""Learning-rate policies (method-spec §4) and the step1/step2 phase of the mixed schedules (§5).
+"""Learning-rate policies (docs/method.md §4.4) and the step1/step2 phase of the mixed schedules (§5.3).
 
 Every scheduler is a plain object over a torch optimizer with one small interface:
 ``step()`` advances the iteration counter k by one and writes the new rates into the optimizer,
@@ -8,11 +8,11 @@ with exactly the rates it would have had. k counts completed ``step()`` calls, i
 training iterations; the rate in force during iteration k (0-based) is ``lr_at(k)``.
 
 The original's lambda scheduler is rebuilt on resume with a counter that is off by one, and the
-original saves no scheduler state at all (method-spec §11.25). Storing k here fixes both: this is a
+original saves no scheduler state at all (docs/method.md §9 D14). Storing k here fixes both: this is a
 deliberate deviation that only affects resumed runs.
 
 Group multipliers: the backbone optimizer's four groups run at 1x, 5x, 10x and 20x the base rate
-(§4). They come from the ``multipliers`` argument if given, otherwise from each param group's own
+(docs/method.md §4.2). They come from the ``multipliers`` argument if given, otherwise from each param group's own
 ``'lr_mult'`` entry (absent = 1), so the trainer can declare them where it builds the groups.
 """
 from typing import List, Optional, Sequence

@@ -83,7 +83,7 @@ class CaGNet(nn.Module):
         return self.back.scale.backbone
 
     def param_groups(self) -> Dict[str, List[nn.Parameter]]:
-        """Trained parameters by optimizer group (docs/method.md §4): the backbone's `resnet` (1x), `contextual`
+        """Trained parameters by optimizer group (docs/method.md §4.2): the backbone's `resnet` (1x), `contextual`
         (5x), `aspp_weight` (10x), `aspp_bias` (20x), and `dis`, `gen`.
 
         Faithful to the original: the gate conv `fc_1` (its name lacks "contextual"), the BatchNorm affine

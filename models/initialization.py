@@ -1,4 +1,4 @@
-"""Weight initialisation of a fresh run (docs/method.md §2.6), config key `init`."""
+"""Weight initialisation of a fresh run (docs/method.md §2.7), config key `init`."""
 import torch
 import torch.nn as nn
 

@@ -3,7 +3,7 @@
 * Pixel matrices: the generator and the classifier are 1x1-conv stacks (weights (out, in, 1, 1), as released).
   Applied as matrix products to a (P, C) matrix of selected pixels, training can skip the pixels whose loss is
   masked out; `to_pixels` / `to_maps` convert between (N, C, h, w) maps and (N*h*w, C) matrices in (n, i, j)
-  raster order, the order the MMD runs are defined in (docs/method.md §3.3).
+  raster order, the order the MMD runs are defined in (docs/method.md §3.5).
 * Label resizing: the original resizes labels with OpenCV in the loader and with PyTorch's legacy `nearest` in
   training; both pick source index min(floor(i * in / out), in - 1). One helper keeps every path identical, for
   numpy arrays and torch tensors alike.

@@ -1,4 +1,4 @@
-"""Write tiny zero-shot datasets in exactly the real on-disk layout (method-spec §6.1) for tests.
+"""Write tiny zero-shot datasets in exactly the real on-disk layout (docs/method.md §6.1) for tests.
 
 Layout written under `datadir` (pass `datadir` as config `datadir` and `<datadir>/<name>` as `ROOT`):
 

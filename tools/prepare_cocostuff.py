@@ -6,7 +6,7 @@ Inputs (the official downloads, unpacked into one folder, given as --coco; or ea
 The stuffthingmaps PNGs already hold our raw labels: official COCO id − 1 (0 = person ... 181 = wood) and
 255 = unlabeled, so they are placed unchanged (symlinked by default: the images are 19 GB).
 
-Output (method-spec §6.1):
+Output (docs/method.md §6.1):
   <out>/images/<subdir>/<stem>.jpg, <out>/annotations/<subdir>/<stem>.png
   <out>/split/train_list.npy  (missing from the CaGNet release; built like tools/make_split_list.py does)
 and a comparison of the shipped `test_list.npy` with the produced val2017 set (exit status 1 if entries lack files).

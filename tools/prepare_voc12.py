@@ -6,7 +6,7 @@ Inputs (the official archives, unpacked):
   --sbd  benchmark_RELEASE (or its dataset/ folder): dataset/cls/<stem>.mat (struct GTcls, field Segmentation =
          uint8 class map 0..20), dataset/{train,val}.txt
 
-Output (method-spec §6.1):
+Output (docs/method.md §6.1):
   <out>/images/{train,val}/<stem>.jpg       copied from JPEGImages (byte-exact) or symlinked
   <out>/annotations/{train,val}/<stem>.png  single-channel palette PNG, pixel = raw label
   train = (SBD train ∪ SBD val ∪ VOC train) − VOC val (the usual 10,582-image "train_aug");  val = VOC val (1,449).

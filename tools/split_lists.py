@@ -15,7 +15,7 @@ def build_split_list(annotations_dir: str, subdir: str, images_dir: Optional[str
                      ) -> Tuple[List[str], List[str]]:
     """List `<annotations_dir>/<subdir>/*.png` whose image `<images_dir>/<subdir>/<stem>.jpg` exists.
 
-    `images_dir` defaults to the `images` folder beside `annotations_dir` (our layout, §6.1).
+    `images_dir` defaults to the `images` folder beside `annotations_dir` (our layout, docs/method.md §6.1).
     Returns (entries, stems_without_image): entries are sorted strings `<annotations_dir>/<subdir>/<stem>.png`.
     Annotations without an image are left out and returned separately so the caller can warn about them.
     """

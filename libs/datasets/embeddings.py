@@ -1,4 +1,4 @@
-"""Class word embeddings (method-spec §7): loading, fastText ⊕ word2vec, normalisation, lookup tables.
+"""Class word embeddings (docs/method.md §6.5): loading, fastText ⊕ word2vec, normalisation, lookup tables.
 
 `<datadir>/<name>/word_vectors/{word2vec,fasttext}.pkl` each hold a pickled numpy array (K, 300) whose row r is
 the vector of raw label r (K = rows of labels_refined.txt). The generator is conditioned on these vectors:
@@ -54,7 +54,8 @@ def load_word_embeddings(datadir: str, name: str, embedding: str = 'fastnvec',
         without_normal: config key `emb_without_normal`. When false (every shipped config) each E-d row is
             L2-normalised as a whole; for fastnvec that is *after* concatenation, so the two halves keep their
             relative size (Context's unnormalised files give the fastText half 0.80–0.86 of the norm).
-            §7 states the rule for every option; a single 300-d embedding is normalised row-wise the same way.
+            docs/method.md §6.5 states the rule for every option; a single 300-d embedding is normalised row-wise the
+            same way.
     """
     if embedding not in EMBEDDINGS:
         raise ValueError(f"config key embedding must be one of {list(EMBEDDINGS)}, got {embedding!r}")

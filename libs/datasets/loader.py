@@ -1,4 +1,4 @@
-"""The zero-shot segmentation loader shared by Pascal-VOC, Pascal-Context and COCO-Stuff (method-spec §6.3).
+"""The zero-shot segmentation loader shared by Pascal-VOC, Pascal-Context and COCO-Stuff (docs/method.md §6.3).
 
 One class serves all three benchmarks because they share the on-disk layout
 `<root>/images/<subdir>/<stem>.jpg` + `<root>/annotations/<subdir>/<stem>.png` and differ only in their class
@@ -168,7 +168,7 @@ class ZeroShotSegmentation(torch.utils.data.Dataset):
 
     def _augment(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator
                  ) -> Tuple[np.ndarray, np.ndarray]:
-        """Random scale, pad to max(base, crop), random crop, random flip (spec §6.3 steps 3–6).
+        """Random scale, pad to max(base, crop), random crop, random flip (docs/method.md §6.3 steps 3–6).
 
         Draw order from `rng`: scale, crop row offset, crop column offset, flip coin (always drawn, so the
         stream does not shift when flipping is off).

@@ -1,6 +1,6 @@
 """Seen/unseen class splits, raw→train/test id maps and the image lists of a zero-shot benchmark.
 
-The benchmark files live in `<datadir>/<name>/` (method-spec §6.1, §6.2):
+The benchmark files live in `<datadir>/<name>/` (docs/method.md §6.1, §6.2):
 
 * `split/seen_cls.npy`, `split/novel_cls.npy` — int64 raw ids. Their **file order** defines the class ids:
   seen raw id `seen[i]` becomes train/test id `i`, unseen raw id `unseen[j]` becomes test id `S + j`.

@@ -1,6 +1,6 @@
 """The iteration-based training loop (design rule 5): `fit` on one screen, everything else behind named hooks.
 
-An iteration is a successful (non-skipped) trainer step (docs/method.md §3.6). Everything the loop depends on is
+An iteration is a successful (non-skipped) trainer step (docs/method.md §3.10). Everything the loop depends on is
 restorable from a checkpoint: the iteration (hence the learning rates and the step-1/step-2 phase), the trainer's
 state, the data stream's position and the RNG states.
 """
@@ -12,7 +12,7 @@ from typing import Dict
 import torch
 
 # Faithful to the original: the learning rates are reported, and the running averages of the logged losses
-# restart, at the first iteration of a run and every 1000 iterations (docs/method.md §3.6).
+# restart, at the first iteration of a run and every 1000 iterations (docs/method.md §3.11).
 LR_REPORT_INTERVAL = 1000
 
 
@@ -62,7 +62,7 @@ def fit(trainer, stream, hooks: LoopHooks, *, start: int, max_iter: int, snapsho
         if trainer.needs_batch(phase):
             batch = tuple(t.to(device, non_blocking=True) for t in stream.next())
         values = trainer.step(phase, batch)
-        if values is None:      # no visible pixel at some scale: skipped, not counted (docs/method.md §3.6)
+        if values is None:      # no visible pixel at some scale: skipped, not counted (docs/method.md §3.10)
             continue
         meters[phase].add(values)
         it += 1

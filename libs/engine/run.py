@@ -1,7 +1,7 @@
 """One training or evaluation run: its paths, what it builds from the config, and the save and restore of its
 whole state in one place (docs/method.md §8).
 
-Output layout (the original's, docs/method.md §5): `<save_path>/<dataset>/<experimentid>/` holds, per schedule,
+Output layout (the original's, docs/method.md §5.1): `<save_path>/<dataset>/<experimentid>/` holds, per schedule,
 the model folder (`%08d.pth` checkpoints), the log file and the config copy named by the schedule table, plus
 `tensorboard/<schedule>/`; `--val` appends to `<save_path>/<dataset>/logs_test.txt`.
 """

@@ -1,7 +1,7 @@
 """The one table of training schedules (`--schedule`): what each name means, everywhere it matters.
 
 Every other module asks this table instead of testing the schedule name: which config keys hold its learning
-rates and iteration budget, where its outputs go (docs/method.md §5, the original's output layout), whether
+rates and iteration budget, where its outputs go (docs/method.md §5.1, the original's output layout), whether
 step-1 and step-2 iterations alternate, and whether step-1 labels come from self-training pseudo-labels.
 """
 from __future__ import annotations

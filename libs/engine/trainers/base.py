@@ -6,7 +6,7 @@ loop (libs/engine/loop.py) only ever calls `phase`, `needs_batch`, `step` and `l
 (libs/engine/run.py) calls the two class methods that turn a config into a model and a trainer, so nothing else
 reads a method's config keys.
 
-Gradient routing (docs/method.md §3.4): each network learns from its own loss only. `backward` limits a backward
+Gradient routing (docs/method.md §3.8): each network learns from its own loss only. `backward` limits a backward
 pass to one network's parameters (`inputs=`), so no pass walks a part of the graph whose gradients would be thrown
 away, and `update` is the one place a network's optimizer steps: it all-reduces the gradients first when several
 processes train together.
@@ -78,7 +78,7 @@ class Trainer:
         for p in self.params[net]:
             if p.grad is None:
                 # Faithful to the original: a network whose loss is identically 0 still steps with zero
-                # gradients, so Adam keeps moving it with its stored moments (docs/method.md §3.5).
+                # gradients, so Adam keeps moving it with its stored moments (docs/method.md §3.9).
                 p.grad = torch.zeros_like(p)
 
     def update(self, net: str, scheduler_step: bool = True) -> None:

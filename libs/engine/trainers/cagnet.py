@@ -1,9 +1,9 @@
 """CaGNet's training: step 1, step 2 and the self-training step (docs/method.md §3, §4, §5).
 
-Gradient routing (docs/method.md §3.4): the classifier ("dis") learns from loss_D, the backbone from loss_B and
+Gradient routing (docs/method.md §3.8): the classifier ("dis") learns from loss_D, the backbone from loss_B and
 the generator from loss_G, all three from one forward pass. The original stepped the classifier's optimizer before
 back-propagating loss_B and loss_G through it; PyTorch >= 1.5 rejects that order. Here every gradient is computed
-first, then the optimizers step (a deviation of the order of the classifier's learning rate, docs/method.md §9).
+first, then the optimizers step (a deviation of the order of the classifier's learning rate, docs/method.md §9 D1).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from libs.schedulers import build_scheduler
 from models.cagnet import CaGNet, build_cagnet, unseen_prior
 from models.ops import nearest_resize
 
-# Backbone parameter groups (docs/method.md §4): multiplier of the base learning rate and whether weight decay
+# Backbone parameter groups (docs/method.md §4.2): multiplier of the base learning rate and whether weight decay
 # applies; CaGNet.param_groups() names them.
 BACKBONE_GROUPS = (("resnet", 1.0, True), ("contextual", 5.0, True), ("aspp_weight", 10.0, True),
                    ("aspp_bias", 20.0, False))
@@ -54,7 +54,7 @@ def backbone_optimizer(model: CaGNet, kind: str, lr: float, weight_decay: float,
 
 @dataclass(frozen=True)
 class LossWeights:
-    """The λ of the config (docs/method.md §3.4, §3.5)."""
+    """The λ of the config (docs/method.md §3.7, §3.9)."""
     D_cls_real: float = 1.0
     D_cls_fake: float = 0.0
     D_cls_fake_transfer: float = 0.0
@@ -107,7 +107,7 @@ class CaGNetTrainer(Trainer):
     # ---- built from a config ----------------------------------------------------------------------------
     @classmethod
     def build_model(cls, cfg, splits) -> CaGNet:
-        """The model with its embedding tables built from the word-vector files (docs/method.md §6.4)."""
+        """The model with its embedding tables built from the word-vector files (docs/method.md §6.5)."""
         embeddings = load_word_embeddings(cfg["datadir"], cfg["dataset"], cfg["embedding"],
                                           cfg["emb_without_normal"])
         feat_dim = cfg.value("back.n_classes")
@@ -166,7 +166,7 @@ class CaGNetTrainer(Trainer):
 
     # ---- step 1 -------------------------------------------------------------------------------------
     def step1(self, images: torch.Tensor, labels: torch.Tensor) -> Optional[Dict[str, torch.Tensor]]:
-        """One step-1 iteration (docs/method.md §3.4). labels: train ids (N, H', W'). None = batch skipped."""
+        """One step-1 iteration (docs/method.md §3.7). labels: train ids (N, H', W'). None = batch skipped."""
         model = self.model
         model.train()
         # With a frozen backbone (update_back f) nothing needs the backbone's graph: run it without one.
@@ -216,7 +216,7 @@ class CaGNetTrainer(Trainer):
 
     # ---- step 2 -------------------------------------------------------------------------------------
     def step2(self, num_pixels: Optional[int] = None) -> Dict[str, torch.Tensor]:
-        """One step-2 iteration (docs/method.md §3.5): the classifier trained on features generated from noise
+        """One step-2 iteration (docs/method.md §3.9): the classifier trained on features generated from noise
         codes for classes drawn with the unseen-weighted prior; no backbone pass. num_pixels defaults to N*h*w
         of the last step-1 batch."""
         num_pixels = self.num_pixels if num_pixels is None else num_pixels

@@ -1,4 +1,4 @@
-"""Config schema, loading, validation errors, schedule keys, saving and the generated reference (method-spec §9)."""
+"""Config schema, loading, validation errors, schedule keys, saving and docs/config_reference.md."""
 import copy
 import os
 import pickle
@@ -43,7 +43,7 @@ SHIPPED = {
     "configs_st_transfer_cocostuff.yaml": ("st_mixed", {"st_mixed"}),
 }
 
-# A sample of §9.1 / §9.2 values per file (dotted key -> value).
+# A sample of the original configs' values per file (dotted key -> value).
 EXPECTED = {
     "demo.yaml": {"ITER_MAX": 1500, "back_opt.OPTIMIZER": "adam", "back_opt.lr_multipliers": (1.0, 1.0, 1.0, 1.0),
                   "back.n_classes": 128, "IMAGE.SIZE.BASE": 64, "back.bn_calibration_batches": 20},

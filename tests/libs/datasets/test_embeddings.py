@@ -1,4 +1,4 @@
-"""Word embeddings of the shipped datasets (method-spec §7) and the lookup tables built from them."""
+"""Word embeddings of the shipped datasets (docs/method.md §6.5) and the lookup tables built from them."""
 import os
 import pickle
 
@@ -41,7 +41,7 @@ def test_unit_norm_files_give_halves_of_norm_one_over_sqrt2(name):
 def test_context_halves_are_unequal_after_joint_normalisation():
     emb = load_word_embeddings(DATADIR, 'context')
     fast_share = np.linalg.norm(emb[:, :300], axis=1)
-    # "0.80-0.86 of the norm" (spec §7, two decimals); the extremes are raw 12 (dog) and raw 1 (aeroplane)
+    # "0.80-0.86 of the norm" (docs/method.md §6.5, two decimals); the extremes are raw 12 (dog) and raw 1 (aeroplane)
     assert np.round(fast_share, 2).min() == pytest.approx(0.80) and np.round(fast_share, 2).max() == \
         pytest.approx(0.86)
     assert fast_share.argmin() == 12 and fast_share[12] == pytest.approx(0.7993, abs=1e-4)

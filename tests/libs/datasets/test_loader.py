@@ -1,4 +1,4 @@
-"""The zero-shot loader (method-spec §6.3) on tiny datasets written in the real layout, and the sampler."""
+"""The zero-shot loader (docs/method.md §6.3) on tiny datasets written in the real layout, and the sampler."""
 import os
 
 import cv2

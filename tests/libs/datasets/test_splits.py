@@ -1,4 +1,4 @@
-"""Class splits and list parsing on the shipped benchmark files (method-spec §6.2) and on toy files."""
+"""Class splits and list parsing on the shipped benchmark files (docs/method.md §6.2) and on toy files."""
 import os
 
 import numpy as np

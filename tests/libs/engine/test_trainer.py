@@ -41,7 +41,7 @@ def test_backbone_groups_match_spec_on_full_model():
     assert sizes["resnet"] == 42_394_816
     assert sizes["aspp_weight"] + sizes["aspp_bias"] == 44_239_200
     assert sizes["contextual"] == 9_502_848                    # the six contextual convs; fc_1 is extra
-    assert sum(sizes.values()) == 96_136_864                   # spec §1.8: backbone params some optimizer updates
+    assert sum(sizes.values()) == 96_136_864    # docs/method.md §2.8: backbone params some optimizer updates
     grouped = {id(p) for v in groups.values() for p in v}
     assert id(model.back.scale.context.fc_1.conv.weight) not in grouped
     assert not any(id(p) in grouped for m in model.modules() if isinstance(m, FrozenBatchNorm2d)

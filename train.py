@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 
+from libs.engine.evaluation import EVAL_MODES
 from libs.engine.run import Run, RunOptions, run_config
 from libs.engine.schedules import SCHEDULE_NAMES
 from libs.io import log
@@ -36,6 +37,11 @@ def parse_args(argv=None):
                         help="--val: write the scores here (default Results/<dataset>/<experimentid>/results_val.json)")
     parser.add_argument("--save_predictions", default=None,
                         help="--val: write <image id>.png with predicted raw label ids into this folder")
+    parser.add_argument("--eval_mode", default=None, choices=EVAL_MODES,
+                        help="evaluation protocol (default: the config's eval_mode, feature = the original's)")
+    parser.add_argument("--calibrate", type=float, default=None, metavar="GAMMA",
+                        help="calibrated stacking: subtract GAMMA from the seen classes' probabilities "
+                             "(default: the config's calibration, 0)")
     parser.add_argument("--max_iter", type=int, default=None,
                         help="stop after this many iterations instead of the config's ITER_MAX* (quick runs)")
     args = parser.parse_args(argv)
@@ -45,6 +51,8 @@ def parse_args(argv=None):
         parser.error(f"--init_model {args.init_model!r} does not exist")
     if not args.val and (args.results_json or args.save_predictions):
         parser.error("--results_json and --save_predictions apply to --val")
+    if args.calibrate is not None and not 0 <= args.calibrate <= 1:
+        parser.error(f"--calibrate {args.calibrate}: expected a value in [0, 1] (subtracted from probabilities)")
     return args
 
 
@@ -53,7 +61,7 @@ def main(argv=None) -> int:
     options = RunOptions(schedule=args.schedule, experiment_id=args.experimentid, resume_from=args.resume_from,
                          init_model=None if args.init_model == "none" else args.init_model, device=args.device,
                          multigpus=args.multigpus, ngpu=args.ngpu, seed=args.seed, max_iter=args.max_iter,
-                         evaluate_only=args.val)
+                         evaluate_only=args.val, eval_mode=args.eval_mode, calibration=args.calibrate)
     run = Run(run_config(args.config, options), options, args.config)
     if args.val:
         run.evaluate(args.results_json, args.save_predictions)

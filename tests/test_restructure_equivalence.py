@@ -19,7 +19,6 @@ from tests.datagen import write_dataset
 from tests.e2e_config import ROOT, write_tiny_config
 
 REFERENCE = "e0ecd34"    # "Remove unused imports": the last commit before the restructuring
-NEW_KEYS = ("method",)   # keys the reference's schema does not know (their defaults reproduce it)
 
 pytestmark = pytest.mark.slow
 
@@ -34,23 +33,40 @@ def _reference_tree(tmp):
     return str(tree)
 
 
-def _config(path, base, toy, results, **changes):
+def _known_keys(tree):
+    """Dotted keys of the reference's schema: keys added since then are dropped (their defaults reproduce it)."""
+    code = "import json; from libs.config import SCHEMA; print(json.dumps([k.path for k in SCHEMA]))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tree, check=True, capture_output=True, text=True).stdout
+    return set(json.loads(out))
+
+
+def _drop_unknown(data, known, prefix=""):
+    for key in list(data):
+        path = f"{prefix}{key}"
+        if isinstance(data[key], dict):
+            _drop_unknown(data[key], known, f"{path}.")
+        elif path not in known:
+            del data[key]
+
+
+def _config(path, base, toy, results, known=None, **changes):
     write_tiny_config(path, base, toy, results, **changes)
-    data = yaml.safe_load(open(path))
-    for key in NEW_KEYS:
-        data.pop(key, None)
-    with open(path, "w") as handle:
-        yaml.safe_dump(data, handle, sort_keys=False)
+    if known is not None:
+        data = yaml.safe_load(open(path))
+        _drop_unknown(data, known)
+        with open(path, "w") as handle:
+            yaml.safe_dump(data, handle, sort_keys=False)
     return path
 
 
-def _pipeline(tree, tmp, toy, name):
+def _pipeline(tree, tmp, toy, name, known=None):
     """step1 -> mixed -> mixed resumed from its first snapshot -> --val, all through `tree`'s train.py."""
     results = str(tmp / f"Results-{name}")
     exp = os.path.join(results, toy.name, "0")
-    step1 = _config(str(tmp / f"{name}-step1.yaml"), "voc12", toy, results, ITER_MAX=6, snapshot=3)
-    mixed = _config(str(tmp / f"{name}-mixed.yaml"), "voc12_finetune", toy, results, ITER_MAX_TRANSFER=8, snapshot=4,
-                    interval_step1=2, interval_step2=2, init_model=os.path.join(exp, "models", "00000006.pth"))
+    step1 = _config(str(tmp / f"{name}-step1.yaml"), "voc12", toy, results, known, ITER_MAX=6, snapshot=3)
+    mixed = _config(str(tmp / f"{name}-mixed.yaml"), "voc12_finetune", toy, results, known, ITER_MAX_TRANSFER=8,
+                    snapshot=4, interval_step1=2, interval_step2=2,
+                    init_model=os.path.join(exp, "models", "00000006.pth"))
 
     def train(*args):
         proc = subprocess.run([sys.executable, os.path.join(tree, "train.py"), *args], cwd=tree, capture_output=True,
@@ -72,7 +88,7 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("equivalence")
     reference = _reference_tree(tmp)
     toy = write_dataset(str(tmp / "data"), n_train=6, n_test=3, image_size=[(40, 56), (60, 48)])
-    return tmp, _pipeline(reference, tmp, toy, "reference"), _pipeline(ROOT, tmp, toy, "today")
+    return tmp, _pipeline(reference, tmp, toy, "reference", _known_keys(reference)), _pipeline(ROOT, tmp, toy, "today")
 
 
 def _checkpoints(exp):
@@ -127,7 +143,9 @@ def test_val_scores_and_prediction_files_are_identical(runs):
     for scores in (old, new):
         scores.pop("config")
         scores.pop("model")
-    assert old == new
+    # today's JSON adds what was evaluated how (method, dataset, eval_mode, calibration, checkpoint)
+    assert new["method"] == "cagnet" and new["eval_mode"] == "feature" and new["calibration"] == 0
+    assert old == {key: new[key] for key in old}
     files = sorted(os.listdir(tmp / "reference-pred"))
     assert files == sorted(os.listdir(tmp / "today-pred")) and len(files) == 3
     for name in files:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from libs.datasets.embeddings import EMBEDDING_DIMS
+from libs.engine.evaluation import EVAL_MODES
 from libs.engine.schedules import SCHEDULES
 from libs.losses import CONTENT_LOSSES, GAN_TYPES
 from libs.optimizers import OPTIMIZERS
@@ -223,6 +224,13 @@ SCHEMA: tuple = tuple([
          choices=GAN_TYPES),
     _new("seed", "int", 0, "Seed of python, numpy and torch RNGs (a --seed flag, if given, takes precedence).",
          minimum=0),
+    _new("eval_mode", "choice", "feature", "Evaluation protocol (docs/method.md §7): feature = the original's, argmax "
+         "at feature resolution (65x65) against the label resized nearest to it; warped = logits upsampled "
+         "bilinearly to the warped network input (513x513) and scored against the warped label (SPNet's "
+         "protocol); --eval_mode overrides it.", choices=EVAL_MODES),
+    _new("calibration", "float", 0.0, "Calibrated stacking at evaluation (SPNet-c): gamma subtracted from the seen "
+         "classes' softmax probabilities before the argmax over the seen and unseen classes; 0 = the plain argmax "
+         "over every classifier channel (the original's); --calibrate overrides it.", minimum=0.0, maximum=1.0),
 ])
 
 _KEYS = {key.path: key for key in SCHEMA}

@@ -43,6 +43,8 @@ class RunOptions:
     seed: Optional[int] = None            # overrides the config's seed
     max_iter: Optional[int] = None
     evaluate_only: bool = False
+    eval_mode: Optional[str] = None       # overrides the config's eval_mode
+    calibration: Optional[float] = None   # overrides the config's calibration
 
 
 def experiment_dir(cfg: Config, experiment_id: str) -> str:
@@ -85,6 +87,8 @@ class Run:
         setup_logging(log_file if self.processes.is_main else None, quiet=not self.processes.is_main)
         self.seed = cfg.value("seed", 0) if options.seed is None else options.seed
         seed_everything(self.seed)
+        self.eval_mode = cfg["eval_mode"] if options.eval_mode is None else options.eval_mode
+        self.calibration = cfg["calibration"] if options.calibration is None else options.calibration
 
         self.splits = load_class_splits(cfg["datadir"], cfg["dataset"], num_unseen=cfg["num_unseen"],
                                         out_dim_cls=cfg.value("dis.out_dim_cls"))
@@ -160,17 +164,28 @@ class Run:
         return start
 
     # ---- evaluation ----------------------------------------------------------------------------------------
+    def test_scores(self, loader, predictions_dir: Optional[str] = None, progress=None) -> dict:
+        """The test set under this run's evaluation protocol (eval_mode, calibration)."""
+        return evaluate(self.model, loader, self.splits, self.device, mode=self.eval_mode,
+                        calibration=self.calibration, predictions_dir=predictions_dir, progress=progress)
+
+    def evaluation_name(self) -> str:
+        text = f"eval_mode {self.eval_mode}"
+        return text + (f", calibration {self.calibration:g}" if self.calibration else "")
+
     def evaluate(self, results_json: Optional[str] = None, predictions_dir: Optional[str] = None) -> dict:
         """--val: the test set once, the table in the log, the scores as JSON."""
-        scores = evaluate(self.model, self._test_loader(), self.splits, self.device, predictions_dir,
-                          progress_bar("test"))
-        log.info("%s\n%s", f"Test results of {self.init_model}:",
-                 format_score_table({"CaGNet": scores}, self.splits.test_names))
+        scores = self.test_scores(self._test_loader(), predictions_dir, progress_bar("test"))
+        log.info("%s\n%s", f"Test results of {self.init_model} ({self.evaluation_name()}):",
+                 format_score_table({self.cfg["method"]: scores}, self.splits.test_names))
         results = results_json or os.path.join(self.exp_dir, "results_val.json")
         os.makedirs(os.path.dirname(os.path.abspath(results)), exist_ok=True)
+        record = {"method": self.cfg["method"], "dataset": self.cfg["dataset"], "eval_mode": self.eval_mode,
+                  "calibration": self.calibration, "checkpoint": self.init_model,
+                  # "model" is the checkpoint too, under the name earlier versions wrote
+                  "model": self.init_model, "config": self.config_path}
         with open(results, "w") as handle:
-            json.dump({"model": self.init_model, "config": self.config_path,
-                       **scores_to_json(scores, self.splits.test_names)}, handle, indent=2)
+            json.dump({**record, **scores_to_json(scores, self.splits.test_names)}, handle, indent=2)
         log.info("scores written to %s", results)
         return scores
 
@@ -259,9 +274,9 @@ class _RunHooks(LoopHooks):
         if not self.main:
             return
         run = self.run
-        scores = evaluate(run.model, self.loader, run.splits, run.device, None, progress_bar("test", leave=False))
-        log.info("Test results:\n" + "\n".join(f"{k}: {scores[k]:.4f}" for k in JSON_KEYS) + "\n" +
-                 json.dumps(scores_to_json(scores, run.splits.test_names)["class_iou"]))
+        scores = run.test_scores(self.loader, progress=progress_bar("test", leave=False))
+        lines = [f"Test results: {run.evaluation_name()}"] + [f"{k}: {scores[k]:.4f}" for k in JSON_KEYS]
+        log.info("\n".join(lines) + "\n" + json.dumps(scores_to_json(scores, run.splits.test_names)["class_iou"]))
         for k in JSON_KEYS:
             self.writer.add_scalar(f"test/{k}", scores[k], iteration)
 

@@ -167,7 +167,7 @@ def test_evaluate_matches_manual_confusion_and_writes_raw_predictions(tmp_path, 
                                 base_size=65)
     loader = torch.utils.data.DataLoader(data, batch_size=2)
     model = tiny_model()
-    scores = evaluate(model, loader, splits, torch.device("cpu"), str(tmp_path / "pred"))
+    scores = evaluate(model, loader, splits, torch.device("cpu"), predictions_dir=str(tmp_path / "pred"))
     confusion = np.zeros((5, 5), dtype=np.int64)
     raw_of_test = np.array(list(splits.seen) + list(splits.unseen))
     for i in range(len(data)):

@@ -182,3 +182,28 @@ def test_an_error_is_printed_once_on_stderr(pipeline):
     assert proc.returncode == 2
     assert (proc.stdout + proc.stderr).count("needs a model: pass --init_model") == 1
     assert "needs a model" in proc.stderr
+
+
+def test_resume_from_a_weights_only_checkpoint_of_the_original_format(pipeline):
+    """The original's checkpoints hold {'iteration', 'state_dict'} only: the rates continue at the checkpoint's
+    position (the original was off by one) and the optimizers restart, with a warning saying so."""
+    import shutil
+
+    from libs.checkpoint import atomic_save, export_original
+    source = pipeline["exp"]
+    target = os.path.join(os.path.dirname(source), "weights_only")
+    shutil.copytree(source, target)
+    models = os.path.join(target, "models")
+    for name in os.listdir(models):
+        os.remove(os.path.join(models, name))
+    original = export_original(torch.load(os.path.join(source, "models", "00000003.pth"), weights_only=False))
+    assert set(original) == {"iteration", "state_dict"}
+    atomic_save(original, os.path.join(models, "00000003.pth"))
+    proc = run("--config", pipeline["cfg"]["step1"], "--schedule", "step1", "--experimentid", "weights_only",
+               "--resume_from", "3")
+    assert "holds no training state: optimizer moments and data order restart" in proc.stdout + proc.stderr
+    resumed = torch.load(os.path.join(models, "00000006.pth"), weights_only=False)
+    assert resumed["iteration"] == 6
+    assert all(s["last_iter"] == 6 for s in resumed["training_state"]["trainer"]["schedulers"].values())
+    start = original["state_dict"]["dis.cls.weight"]
+    assert not torch.equal(resumed["state_dict"]["dis.cls.weight"], start)      # it trained from the weights

@@ -274,3 +274,12 @@ def test_mmd_returns_none_without_visible_pixels_and_checks_shapes():
     assert mmd_content_loss(visible(fake, empty), visible(real, empty), labels[empty]) is None
     with pytest.raises(ValueError, match="labels"):
         mmd_content_loss(visible(fake, mask), visible(real, mask), labels[mask][:-1])
+
+
+def test_unused_content_losses_are_means_over_visible_pixels_and_channels():
+    from libs.losses import l1_content_loss, mse_content_loss
+    fake = torch.tensor([[1.0, 2.0], [3.0, 5.0]])
+    real = torch.tensor([[0.0, 4.0], [3.0, 1.0]])
+    labels = torch.tensor([1, 1])
+    assert l1_content_loss(fake, real, labels).item() == pytest.approx((1 + 2 + 0 + 4) / 4)
+    assert mse_content_loss(fake, real, labels).item() == pytest.approx((1 + 4 + 0 + 16) / 4)

@@ -92,10 +92,15 @@ def test_eval_is_deterministic_and_uses_mu(tiny_model):
         a, b = model.predict(x), model.predict(x)
     assert torch.equal(a, b)
     assert a.shape == (1, 6, 7, 7)
+    with torch.no_grad():
+        out = model.back(x)
+    assert torch.equal(out.z, out.mu)                  # eval mode: the latent code is mu itself
     model.train()
     with torch.no_grad():
-        z1, z2 = model.back(x).z, model.back(x).z
-    assert not torch.equal(z1, z2)  # training mode samples z
+        first, second = model.back(x), model.back(x)
+    assert not torch.equal(first.z, second.z)          # training mode samples z ...
+    assert torch.equal(first.mu, second.mu)            # ... around the same mu
+    assert not torch.equal(first.z, first.mu)
 
 
 def test_generator_output_in_unit_interval_and_dropout_train_only(tiny_model):
@@ -104,6 +109,7 @@ def test_generator_output_in_unit_interval_and_dropout_train_only(tiny_model):
     model.gen.train()
     out = model.gen(cond, code)
     assert out.shape == (50, 16) and ((out > 0) & (out < 1)).all()
+    assert not torch.equal(model.gen(cond, code), model.gen(cond, code))    # training mode: fresh dropout masks
     model.gen.eval()
     assert torch.equal(model.gen(cond, code), model.gen(cond, code))
     with pytest.raises(ValueError, match="gen.in_dim_mlp"):
@@ -155,11 +161,16 @@ def test_step1_skips_batches_without_visible_pixels(tiny_model):
     model = tiny_model().train()
     labels = torch.full((1, 64, 64), 255, dtype=torch.long)
     assert model.step1(torch.randn(1, 3, 64, 64), labels) is None
-    labels[0, 63, 63] = 1  # nearest resizing keeps the last row/column only at some scales
+    # 64 -> 9x9 (full scale) samples rows/columns 0, 7, 14, ...; 64 -> 5x5 (scale 0.5) samples 0, 12, 25, ...
+    assert model.pyramid_shapes(64, 64) == [(9, 9), (5, 5), (7, 7), (9, 9)]
+    labels[0, 7, 7] = 1                 # visible at full scale, invisible at scale 0.5
     visible = [bool((nearest_resize(labels, s) != 255).any()) for s in model.pyramid_shapes(64, 64)]
-    assert model.has_visible_pixels(labels, (64, 64)) == all(visible)
-    if not all(visible):
-        assert model.step1(torch.randn(1, 3, 64, 64), labels) is None
+    assert visible == [True, False, False, True]
+    assert not model.has_visible_pixels(labels, (64, 64))
+    assert model.step1(torch.randn(1, 3, 64, 64), labels) is None
+    labels[0, 0, 0] = 2                 # row/column 0 is sampled at every scale
+    assert model.has_visible_pixels(labels, (64, 64))
+    assert model.step1(torch.randn(1, 3, 64, 64), labels) is not None
 
 
 def test_step2_needs_no_backbone_and_samples_with_prior(tiny_model):

@@ -240,12 +240,19 @@ class CaGNetTrainer(Trainer):
 
     # ---- self-training ------------------------------------------------------------------------------
     def self_training_step(self, images: torch.Tensor, labels: torch.Tensor):
-        """Pseudo-label unlabelled pixels with the model in test mode, then a normal step-1 iteration."""
+        """Pseudo-label unlabelled pixels with the model in test mode, then a normal step-1 iteration.
+
+        None (skipped, nothing changes) when the label map at feature resolution has no seen pixel.
+        """
         model = self.model
+        y = nearest_resize(labels, model.feature_shape(*images.shape[-2:]))
+        if not bool((y != model.ignore_index).any()):
+            # Faithful to the original: a batch without a seen pixel at feature resolution is skipped before
+            # pseudo-labelling, not trained on pseudo-labels alone (docs/method.md §3.10).
+            return None
         model.eval()
         with torch.no_grad():
             logits = model.predict(images)
-        y = nearest_resize(labels, logits.shape[-2:])
         pseudo = self_training_labels(y, logits, self.num_seen, self.num_unseen, self.top_p,
                                       ignore_index=model.ignore_index)
         return self.step1(images, pseudo)

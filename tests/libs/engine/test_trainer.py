@@ -1,10 +1,15 @@
+"""CaGNet's trainer: parameter groups, gradient routing, the steps of each kind, evaluation, BN calibration."""
+import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from libs.config import load_config
 from libs.datasets import ZeroShotSegmentation, load_class_splits, load_split_list
 from libs.engine.evaluation import evaluate
+from libs.engine.schedules import get_schedule
 from libs.engine.trainers.cagnet import CaGNetTrainer, LossWeights, backbone_optimizer
 from libs.losses import classification_loss, discriminator_gan_loss, generator_gan_loss, mmd_content_loss
 from libs.optimizers import make_optimizer
@@ -13,6 +18,7 @@ from models.backbone import FrozenBatchNorm2d
 from models.cagnet import build_cagnet
 from models.ops import nearest_resize
 from tests.datagen import write_dataset
+from tests.e2e_config import ROOT
 
 
 def make_trainer(model, lr=1e-3, update_back=True, weights=None, **kwargs):
@@ -191,14 +197,26 @@ def test_batchnorm_calibration_uses_data_statistics(tiny_model):
     model = tiny_model()
     bn = model.back.scale.backbone.layer1.conv1.bn
     assert torch.equal(bn.running_var, torch.ones_like(bn.running_var))
+    images = [batch(i)[0] for i in range(3)]
     with torch.no_grad(), FrozenBatchNorm2d.calibrating(model) as layers:
-        for i in range(3):
-            model.calibration_forward(batch(i)[0])
+        for x in images:
+            model.calibration_forward(x)
     assert layers == 1 + 4 * 3 + 4                     # stem, 4 blocks of 3 convs, 4 projections
-    assert not torch.equal(bn.running_var, torch.ones_like(bn.running_var))
-    assert not bn.training and bn.momentum == 0.999
+    # the first BN sees the stem conv's output: its statistics are the mean over the batches of the batch mean and
+    # (unbiased) variance, per channel
+    with torch.no_grad():
+        outputs = [model.back.scale.backbone.layer1.conv1.conv(x) for x in images]
+    expected_mean = torch.stack([o.mean(dim=(0, 2, 3)) for o in outputs]).mean(0)
+    expected_var = torch.stack([o.var(dim=(0, 2, 3), unbiased=True) for o in outputs]).mean(0)
+    assert torch.allclose(bn.running_mean, expected_mean, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(bn.running_var, expected_var, rtol=1e-4, atol=1e-6)
+    assert int(bn.num_batches_tracked) == 3
+    assert not bn.training and bn.momentum == 0.999        # frozen again, with the momentum it had
     model.train()
     assert not bn.training
+    frozen = bn.running_var.clone()
+    model.calibration_forward(images[0])                   # outside the context nothing changes
+    assert torch.equal(bn.running_var, frozen)
 
 
 def test_sharded_sampler_splits_each_epoch_between_ranks():
@@ -211,3 +229,70 @@ def test_sharded_sampler_splits_each_epoch_between_ranks():
     assert [len(s) for s in shards] == [4, 4, 3]
     shards[0].set_epoch(2, start=1)
     assert list(shards[0]) == items[0][1:]
+
+
+def test_self_training_skips_a_batch_without_seen_pixels_at_feature_resolution(tiny_model):
+    model = tiny_model()
+    trainer = make_trainer(model)
+    images, labels = batch()
+    labels.fill_(255)
+    labels[:, 1::7, 1::7] = 0          # seen pixels at input resolution that nearest 64 -> 9 never samples
+    assert not (nearest_resize(labels, (9, 9)) != 255).any() and (labels != 255).any()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = []
+    model.back.register_forward_hook(lambda *a: calls.append(1))
+    assert trainer.self_training_step(images, labels) is None
+    assert calls == []                                           # skipped before pseudo-labelling
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert all(s.last_iter == 0 for s in trainer.schedulers.values())
+
+
+def test_critic_updates_step_the_classifier_k_times_and_its_scheduler_once(tiny_model):
+    model = tiny_model()
+    trainer = make_trainer(model, critic_updates=3)
+    steps = []
+    original = trainer.optimizers["dis"].step
+    trainer.optimizers["dis"].step = lambda *a, **k: steps.append(1) or original(*a, **k)
+    grads = []
+    backward = trainer.backward
+    trainer.backward = (lambda net, loss, retain=True:
+                        grads.append((net, float(loss.detach()))) or backward(net, loss, retain))
+    assert trainer.step1(*batch()) is not None
+    assert len(steps) == 3 and trainer.schedulers["dis"].last_iter == 1
+    # the extra critic steps back-propagate the GAN loss only, which is smaller than the full loss_D
+    # (loss_D adds the real and fake classification terms)
+    dis_losses = [value for net, value in grads if net == "dis"]
+    assert len(dis_losses) == 3 and dis_losses[1] < dis_losses[0] and dis_losses[2] < dis_losses[0]
+
+
+def test_poly_scheduler_takes_the_active_schedules_rate_and_iter_max(tiny_model):
+    model = tiny_model()
+    splits = SimpleNamespace(num_seen=3, num_unseen=2)
+    for name, schedule, init, max_iter, every in (("voc12", "step1", 2.5e-4, 40000, 10),
+                                                  ("cocostuff", "step1", 2.5e-4, 40000, 100),
+                                                  ("configs_st_cocostuff", "st", 5e-5, 10000, 100)):
+        cfg = load_config(os.path.join(ROOT, "configs", f"{name}.yaml"))
+        trainer = CaGNetTrainer.from_config(cfg, model, splits, get_schedule(schedule))
+        back = trainer.schedulers["back"]
+        # Faithful to the original: init/max come from back_opt.lr* and ITER_MAX* of the active schedule, whatever
+        # back_scheduler.init_lr* / max_iter* say
+        assert (back.init_lr, back.max_iter, back.lr_decay_iter) == (init, max_iter, every), name
+        assert back.optimizer.param_groups[2]["lr"] == pytest.approx(10 * init)      # ASPP weights: 10x
+        back.load_state_dict({"last_iter": 1050})
+        k = 1050 - 1050 % every                                                      # last multiple of lr_decay_iter
+        assert back.lr_at(1050) == pytest.approx(init * (1 - k / max_iter) ** 0.9)
+        assert back.optimizer.param_groups[0]["lr"] == pytest.approx(init * (1 - k / max_iter) ** 0.9)
+
+
+def test_pseudo_labelled_unseen_pixels_condition_the_generator_on_the_zero_vector(tiny_model):
+    model = tiny_model(num_seen=3, num_unseen=2).train()
+    images = torch.randn(1, 3, 64, 64)
+    labels = torch.full((1, 9, 9), 255)
+    labels[0, :4] = 1                  # seen
+    labels[0, 5:] = 4                  # unseen test id S + 1, as a pseudo-label
+    conditions = []
+    model.gen.register_forward_pre_hook(lambda module, args: conditions.append(args[0].detach().clone()))
+    out = model.step1(images, labels)
+    condition = conditions[0]
+    assert torch.equal(condition[out.labels == 1], model.Em_vis.weight[1].expand(int((out.labels == 1).sum()), -1))
+    assert torch.count_nonzero(condition[out.labels == 4]) == 0 and int((out.labels == 4).sum()) == 4 * 9

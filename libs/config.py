@@ -38,9 +38,12 @@ SCHEDULE_SUFFIX = {"step1": "", "mixed": "_transfer", "st": "_st", "st_mixed": "
 SCHEDULES = tuple(SCHEDULE_SUFFIX)
 NETS = ("dis", "gen", "back")
 EMBEDDING_DIMS = {"word2vec": 300, "fasttext": 300, "fastnvec": 600}
-# Which shipped config each schedule is meant for, to point the user at it in error messages.
-_SCHEDULE_CONFIG = {"step1": "{ds}.yaml", "mixed": "{ds}_finetune.yaml", "st": "configs_st_{ds}.yaml",
-                    "st_mixed": "configs_st_transfer_{ds}.yaml"}
+# Which shipped config each schedule is meant for, to point the user at it in error messages. The self-training
+# configs carry the original release's names ({st}: voc, context, coco); configs_st[_transfer]_voc12.yaml and
+# configs_st[_transfer]_cocostuff.yaml are aliases of them.
+_SCHEDULE_CONFIG = {"step1": "{ds}.yaml", "mixed": "{ds}_finetune.yaml", "st": "configs_st_{st}.yaml",
+                    "st_mixed": "configs_st_transfer_{st}.yaml"}
+_ST_CONFIG_NAME = {"voc12": "voc", "context": "context", "cocostuff": "coco"}
 _SHIPPED_DATASETS = ("voc12", "context", "cocostuff")
 
 _NO_DEFAULT = object()
@@ -636,7 +639,7 @@ def _schedule_error(cfg: Config, schedule: str, missing: list) -> ConfigError:
         text += f" (this file supports --schedule {', '.join(supported)})"
     dataset = cfg.get("dataset")
     if dataset in _SHIPPED_DATASETS:
-        suggestion = _SCHEDULE_CONFIG[schedule].format(ds=dataset)
+        suggestion = _SCHEDULE_CONFIG[schedule].format(ds=dataset, st=_ST_CONFIG_NAME[dataset])
         nearby = os.path.join(os.path.dirname(source), suggestion) if source else ""
         suggestion = nearby if nearby and os.path.isfile(nearby) else f"configs/{suggestion}"
         if not source or os.path.basename(source) != os.path.basename(suggestion):

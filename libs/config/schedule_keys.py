@@ -14,6 +14,9 @@ from libs.engine.schedules import SCHEDULES, get_schedule
 
 # Datasets whose configs ship in configs/, so an error can name the file meant for a schedule.
 _SHIPPED_DATASETS = ("voc12", "context", "cocostuff")
+# The original release names its self-training configs by these short names (configs_st_voc.yaml, ...);
+# configs_st[_transfer]_voc12.yaml and *_cocostuff.yaml are aliases of them.
+_ST_CONFIG_NAME = {"voc12": "voc", "context": "context", "cocostuff": "coco"}
 
 
 def _schedule_key_paths(schedule: str, nets: Sequence[str]) -> list:
@@ -29,7 +32,7 @@ def _schedule_error(cfg: Config, schedule: str, missing: list, nets: Sequence[st
         text += f" (this file supports --schedule {', '.join(supported)})"
     dataset = cfg.get("dataset")
     if dataset in _SHIPPED_DATASETS:
-        suggestion = get_schedule(schedule).shipped_config.format(ds=dataset)
+        suggestion = get_schedule(schedule).shipped_config.format(ds=dataset, st=_ST_CONFIG_NAME[dataset])
         nearby = os.path.join(os.path.dirname(source), suggestion) if source else ""
         suggestion = nearby if nearby and os.path.isfile(nearby) else f"configs/{suggestion}"
         if not source or os.path.basename(source) != os.path.basename(suggestion):

@@ -33,7 +33,8 @@ class ZeroShotSegmentation(torch.utils.data.Dataset):
         mean_bgr: per-channel mean subtracted from the BGR image (IMAGE.MEAN.B, .G, .R); no std division.
         crop_size: training crop side (IMAGE.SIZE.TRAIN).
         base_size: side of the pre-scaled image (513 in the original).
-        warp: WARP_IMAGE; True → base×base ignoring aspect; False → longer side = base, aspect kept.
+        warp: WARP_IMAGE; True → base×base ignoring aspect; False → longer side = base, shorter side
+            int(base · short / long) (truncated), and training pads each side to max(its length, crop).
         scale_range: (low, high) of the uniform training scale factor.
         flip: horizontal flip with probability 0.5 in training.
         ignore_index: train id of unseen/background/void/padding pixels.
@@ -41,7 +42,8 @@ class ZeroShotSegmentation(torch.utils.data.Dataset):
 
     Items:
         train: image float32 (3, crop, crop), label int64 (crop, crop) with values in {0..S-1, ignore_index}.
-        test: image float32 (3, base, base) (warp on), raw label int64 (base, base), image id (the stem).
+        test: image float32 (3, base, base) (warp on; warp off: the pre-scaled size), raw label int64 of
+            the same height and width, image id (the stem).
     """
 
     def __init__(self, root: str, entries: Sequence[Tuple[str, str]], splits: ClassSplits, train: bool,
@@ -149,15 +151,22 @@ class ZeroShotSegmentation(torch.utils.data.Dataset):
                              f"must be 0..255 (255 = void)")
         return image.astype(np.float32), label
 
-    def _prescale(self, image: np.ndarray, label: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    def _prescale(self, image: np.ndarray, label: np.ndarray, index: int) -> Tuple[np.ndarray, np.ndarray]:
         """Warp to base×base, or (warp off) bring the longer side to base keeping the aspect ratio."""
         h, w = label.shape
         if self.warp:
             out_h = out_w = self.base_size
         else:
-            # The spec gives only "longer side to base, aspect kept"; the shorter side is rounded.
-            ratio = self.base_size / max(h, w)
-            out_h, out_w = max(1, int(round(h * ratio))), max(1, int(round(w * ratio)))
+            # Faithful to the original (`_transform` of libs/datasets/cocostuff.py in the release): the shorter
+            # side is int(base * short / long), truncated, not rounded; a square image takes the "wide" branch.
+            if h > w:
+                out_h, out_w = self.base_size, int(self.base_size * w / h)
+            else:
+                out_h, out_w = int(self.base_size * h / w), self.base_size
+            if min(out_h, out_w) < 1:
+                raise ValueError(f"image {self.image_path(index)} is {h}x{w} (HxW): with WARP_IMAGE False its "
+                                 f"shorter side would become {min(out_h, out_w)} pixels at base size "
+                                 f"{self.base_size}; the original's OpenCV resize fails on it too")
         return self._resize(image, label, out_h, out_w)
 
     @staticmethod
@@ -168,18 +177,22 @@ class ZeroShotSegmentation(torch.utils.data.Dataset):
 
     def _augment(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator
                  ) -> Tuple[np.ndarray, np.ndarray]:
-        """Random scale, pad to max(base, crop), random crop, random flip (docs/method.md §6.3 steps 3–6).
+        """Random scale, pad to max(pre-scaled side, crop), random crop, random flip (docs/method.md §6.3 steps 3–6).
 
         Draw order from `rng`: scale, crop row offset, crop column offset, flip coin (always drawn, so the
         stream does not shift when flipping is off).
         """
         scale = rng.uniform(*self.scale_range)
-        h, w = label.shape
-        image, label = self._resize(image, label, max(1, int(round(h * scale))), max(1, int(round(w * scale))))
+        base_h, base_w = label.shape
+        # Faithful to the original: OpenCV gets the factor (dsize None, fx = fy = scale), so the new side is
+        # round(side * scale) but pixels are sampled at 1 / scale, not at side / new side.
+        label = nearest_resize(label, factor=scale)
+        image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
 
-        target = max(self.base_size, self.crop_size)
+        # Faithful to the original: each side is padded up to max(its pre-scaled length, crop), which is
+        # max(base, crop) with WARP_IMAGE on.
         h, w = label.shape
-        pad_h, pad_w = max(target - h, 0), max(target - w, 0)
+        pad_h, pad_w = max(max(base_h, self.crop_size) - h, 0), max(max(base_w, self.crop_size) - w, 0)
         if pad_h or pad_w:
             top, left = pad_h // 2, pad_w // 2
             rows, cols = (top, pad_h - top), (left, pad_w - left)
@@ -203,7 +216,7 @@ class ZeroShotSegmentation(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} items")
         image, label = self.read(index)
         image -= self.mean_bgr
-        image, label = self._prescale(image, label)
+        image, label = self._prescale(image, label, index)
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             image, label = self._augment(image, label, rng)

@@ -14,7 +14,8 @@ class Schedule:
     """name: the --schedule value. suffix: of the config keys `ITER_MAX<SUFFIX>` and `<net>_opt.lr<suffix>`.
     model_dir / log_file / config_copy: inside Results/<dataset>/<experimentid>/. alternates: step-1 and step-2
     blocks (interval_step1 / interval_step2 / first). pseudo_labels: step 1 trains on self-training labels.
-    shipped_config: the config file meant for it, as a pattern over the dataset name (for error messages)."""
+    shipped_config: the config file meant for it, as a pattern over the dataset name {ds} or the original release's
+    short name {st} of the self-training configs (voc, context, coco), for error messages."""
     name: str
     suffix: str
     model_dir: str
@@ -38,9 +39,9 @@ SCHEDULES = {s.name: s for s in (
     Schedule("mixed", "_transfer", "models_transfer", "logs_transfer.txt", "configs_transfer.yaml",
              alternates=True, pseudo_labels=False, shipped_config="{ds}_finetune.yaml"),
     Schedule("st", "_st", "models_st", "logs_st.txt", "configs_st.yaml", alternates=False, pseudo_labels=True,
-             shipped_config="configs_st_{ds}.yaml"),
+             shipped_config="configs_st_{st}.yaml"),
     Schedule("st_mixed", "_st_transfer", "models_st_transfer", "logs_st_transfer.txt", "configs_st_transfer.yaml",
-             alternates=True, pseudo_labels=False, shipped_config="configs_st_transfer_{ds}.yaml"),
+             alternates=True, pseudo_labels=False, shipped_config="configs_st_transfer_{st}.yaml"),
 )}
 SCHEDULE_NAMES = tuple(SCHEDULES)
 # Log and folder of `--val` runs, inside Results/<dataset>/ (the original appends every evaluation there).

@@ -1,8 +1,17 @@
-"""The restructuring into libs/engine changed no number: the code of the last commit before it and today's code,
-run on the same tiny data and configs, write bit-identical checkpoints, scores and prediction files.
+"""No number changes by accident: today's code against pinned commits, on the same tiny data and configs.
 
-Needs the repository's history (the reference commit is checked out with `git archive`); a clone without it
-skips with the reason.
+* Evaluation: `--val` of one checkpoint gives bit-identical scores and prediction files with today's code and with
+  EVALUATION_REFERENCE, the last commit before the restructuring (whose evaluation agrees with the original release
+  to float precision).
+* Training: step 1 -> mixed -> a resumed mixed run write bit-identical checkpoints with today's code and with
+  XXXXERENCE, the last commit that changed training numbers on purpose. Its history: e0ecd34 (before the
+  restructuring) -> the restructuring, bit-identical to e0ecd34 (this test passed against e0ecd34 at commit
+  aa3ca4e) -> XXXXERENCE: the loader's random rescale passes the factor to OpenCV as the original does
+  (docs/method.md §6.3), which samples the training crops differently. A change that alters training numbers on
+  purpose moves XXXXERENCE to its own commit and adds a line here.
+
+Needs the repository's history (the commits are checked out with `git archive`); a clone without it skips with the
+reason.
 """
 import json
 import os
@@ -18,17 +27,18 @@ from PIL import Image
 from tests.datagen import write_dataset
 from tests.e2e_config import ROOT, write_tiny_config
 
-REFERENCE = "e0ecd34"    # "Remove unused imports": the last commit before the restructuring
+EVALUATION_REFERENCE = "e0ecd34"    # "Remove unused imports": the last commit before the restructuring
+XXXXERENCE = "XXXX"
 
 pytestmark = pytest.mark.slow
 
 
-def _reference_tree(tmp):
-    if subprocess.run(["git", "-C", ROOT, "cat-file", "-e", f"{REFERENCE}^{{commit}}"]).returncode != 0:
-        pytest.skip(f"commit {REFERENCE} is not in this clone's history")
-    tree = tmp / "reference"
+def _reference_tree(tmp, commit):
+    if subprocess.run(["git", "-C", ROOT, "cat-file", "-e", f"{commit}^{{commit}}"]).returncode != 0:
+        pytest.skip(f"commit {commit} is not in this clone's history")
+    tree = tmp / f"reference-{commit}"
     tree.mkdir()
-    archive = subprocess.run(["git", "-C", ROOT, "archive", REFERENCE], check=True, capture_output=True).stdout
+    archive = subprocess.run(["git", "-C", ROOT, "archive", commit], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
     return str(tree)
 
@@ -60,7 +70,7 @@ def _config(path, base, toy, results, known=None, **changes):
 
 
 def _pipeline(tree, tmp, toy, name, known=None):
-    """step1 -> mixed -> mixed resumed from its first snapshot -> --val, all through `tree`'s train.py."""
+    """step1 -> mixed -> mixed resumed from its first snapshot, all through `tree`'s train.py."""
     results = str(tmp / f"Results-{name}")
     exp = os.path.join(results, toy.name, "0")
     step1 = _config(str(tmp / f"{name}-step1.yaml"), "voc12", toy, results, known, ITER_MAX=6, snapshot=3)
@@ -78,17 +88,30 @@ def _pipeline(tree, tmp, toy, name, known=None):
     final = os.path.join(exp, "models_transfer", "00000008.pth")
     os.replace(final, final + ".uninterrupted")
     train("--config", mixed, "--schedule", "mixed", "--resume_from", "4")
-    train("--config", step1, "--init_model", final, "--val", "--results_json", str(tmp / f"{name}.json"),
-          "--save_predictions", str(tmp / f"{name}-pred"))
-    return exp
+    return exp, step1
+
+
+def _evaluate(tree, tmp, checkpoint, config, name):
+    proc = subprocess.run([sys.executable, os.path.join(tree, "train.py"), "--config", config, "--init_model",
+                           checkpoint, "--val", "--results_json", str(tmp / f"{name}.json"), "--save_predictions",
+                           str(tmp / f"{name}-pred")], cwd=tree, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("equivalence")
-    reference = _reference_tree(tmp)
+    training_tree = _reference_tree(tmp, XXXXERENCE)
+    evaluation_tree = _reference_tree(tmp, EVALUATION_REFERENCE)
     toy = write_dataset(str(tmp / "data"), n_train=6, n_test=3, image_size=[(40, 56), (60, 48)])
-    return tmp, _pipeline(reference, tmp, toy, "reference", _known_keys(reference)), _pipeline(ROOT, tmp, toy, "today")
+    reference, _ = _pipeline(training_tree, tmp, toy, "reference", _known_keys(training_tree))
+    today, step1 = _pipeline(ROOT, tmp, toy, "today")
+    checkpoint = os.path.join(today, "models_transfer", "00000008.pth")
+    old_config = _config(str(tmp / "evaluation-step1.yaml"), "voc12", toy, str(tmp / "Results-evaluation"),
+                         _known_keys(evaluation_tree))
+    _evaluate(evaluation_tree, tmp, checkpoint, old_config, "reference")
+    _evaluate(ROOT, tmp, checkpoint, step1, "today")
+    return tmp, reference, today
 
 
 def _checkpoints(exp):
@@ -122,10 +145,7 @@ def test_checkpoints_are_bit_identical(runs):
         new = torch.load(os.path.join(today, name), weights_only=False)
         assert list(old["state_dict"]) == list(new["state_dict"])
         _assert_same_tensors(old["state_dict"], new["state_dict"], f"{name}:state_dict")
-        old_state, new_state = old["training_state"], new["training_state"]
-        # the restructuring moved num_pixels into the trainer's state; everything else kept its place
-        assert new_state["trainer"].pop("num_pixels") == old_state.pop("num_pixels")
-        _assert_same_tensors(old_state, new_state, f"{name}:training_state")
+        _assert_same_tensors(old["training_state"], new["training_state"], f"{name}:training_state")
 
 
 def test_resumed_run_equals_the_uninterrupted_one_in_both_trees(runs):

@@ -4,11 +4,11 @@
   EVALUATION_REFERENCE, the last commit before the restructuring (whose evaluation agrees with the original release
   to float precision).
 * Training: step 1 -> mixed -> a resumed mixed run write bit-identical checkpoints with today's code and with
-  XXXXERENCE, the last commit that changed training numbers on purpose. Its history: e0ecd34 (before the
+  TRAINING_REFERENCE, the last commit that changed training numbers on purpose. Its history: e0ecd34 (before the
   restructuring) -> the restructuring, bit-identical to e0ecd34 (this test passed against e0ecd34 at commit
-  aa3ca4e) -> XXXXERENCE: the loader's random rescale passes the factor to OpenCV as the original does
+  aa3ca4e) -> TRAINING_REFERENCE: the loader's random rescale passes the factor to OpenCV as the original does
   (docs/method.md §6.3), which samples the training crops differently. A change that alters training numbers on
-  purpose moves XXXXERENCE to its own commit and adds a line here.
+  purpose moves TRAINING_REFERENCE to its own commit and adds a line here.
 
 Needs the repository's history (the commits are checked out with `git archive`); a clone without it skips with the
 reason.
@@ -28,7 +28,7 @@ from tests.datagen import write_dataset
 from tests.e2e_config import ROOT, write_tiny_config
 
 EVALUATION_REFERENCE = "e0ecd34"    # "Remove unused imports": the last commit before the restructuring
-XXXXERENCE = "XXXX"
+TRAINING_REFERENCE = "c8252d7"    # merge of the loader's OpenCV fx/fy rescale (docs/method.md §6.3)
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +101,7 @@ def _evaluate(tree, tmp, checkpoint, config, name):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("equivalence")
-    training_tree = _reference_tree(tmp, XXXXERENCE)
+    training_tree = _reference_tree(tmp, TRAINING_REFERENCE)
     evaluation_tree = _reference_tree(tmp, EVALUATION_REFERENCE)
     toy = write_dataset(str(tmp / "data"), n_train=6, n_test=3, image_size=[(40, 56), (60, 48)])
     reference, _ = _pipeline(training_tree, tmp, toy, "reference", _known_keys(training_tree))

@@ -56,7 +56,9 @@ class ZeroShotSegmentation(torch.utils.data.Dataset):
         self.train = bool(train)
         if len(mean_bgr) != 3:
             raise ValueError(f"mean_bgr must have 3 values (B, G, R), got {mean_bgr!r}")
-        self.mean_bgr = np.asarray(mean_bgr, dtype=np.float32)
+        # Faithful to the original: a float64 mean subtracted in place from the float32 image, i.e. the difference
+        # is taken in float64 and rounded once to float32 (a float32 mean would differ by up to 1 ulp).
+        self.mean_bgr = np.asarray(mean_bgr, dtype=np.float64)
         if int(crop_size) <= 0 or int(base_size) <= 0:
             raise ValueError(f"crop_size and base_size must be positive, got crop_size={crop_size}, "
                              f"base_size={base_size}")

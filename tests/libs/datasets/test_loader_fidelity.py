@@ -1,4 +1,4 @@
-"""The loader's random rescale and WARP_IMAGE False against the original's OpenCV calls (method-spec §6.3).
+"""The loader's random rescale and WARP_IMAGE False against the original's OpenCV calls (docs/method.md §6.3).
 
 The reference `original_transform` below is written from the facts of the release's `_transform`
 (libs/datasets/cocostuff.py): pre-scale with an explicit size (warp: base x base; else longer side base,
@@ -17,7 +17,7 @@ from libs.datasets import ZeroShotSegmentation, load_class_splits, load_split_li
 from models.ops import nearest_resize, scaled_size
 from tests.datagen import write_dataset, write_pair
 
-MEAN = np.array([104.008, 116.669, 122.675], dtype=np.float32)
+MEAN = np.array([104.008, 116.669, 122.675])      # float64, as the original's
 
 
 def original_prescaled_size(h, w, base, warp):
@@ -32,7 +32,9 @@ def original_prescaled_size(h, w, base, warp):
 def original_transform(bgr, raw, base, crop, warp, scale_range, rng):
     """The original training transform with OpenCV, drawing from `rng` as the loader does. Returns image, raw."""
     out_h, out_w = original_prescaled_size(*raw.shape, base, warp)
-    image = cv2.resize(bgr - MEAN, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+    image = bgr.astype(np.float32)
+    image -= MEAN                                          # in place: float64 difference, rounded to float32
+    image = cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
     label = cv2.resize(raw.astype(np.int32), (out_w, out_h), interpolation=cv2.INTER_NEAREST)
     scale = rng.uniform(*scale_range)
     image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
@@ -207,3 +209,21 @@ def test_no_warp_rejects_an_image_whose_shorter_side_would_vanish(tmp_path):
     with pytest.raises(ValueError, match=r"\.jpg is 2x80 \(HxW\): with WARP_IMAGE False its shorter side would "
                                          r"become 0 pixels at base size 20"):
         ds[0]
+
+
+def test_mean_subtraction_rounds_the_float64_difference_once(tmp_path):
+    """The original subtracts its float64 mean in place from the float32 image; a float32 mean differs by 1 ulp
+    for most pixel values."""
+    values = np.arange(256, dtype=np.uint8)
+    bgr = np.stack([np.tile(values, (16, 1))] * 3, axis=-1)                     # every value in every channel
+    label = np.zeros((16, 256), np.uint8)
+    toy = write_dataset(str(tmp_path), n_train=1, n_test=1)
+    write_pair(toy.root, "val", "grid", bgr, label)
+    splits = load_class_splits(toy.datadir, toy.name)
+    data = ZeroShotSegmentation(toy.root, [("val", "grid")], splits, train=False, warp=False, base_size=256)
+    image = data[0][0].numpy().transpose(1, 2, 0)
+    read = cv2.imread(os.path.join(toy.root, "images", "val", "grid.jpg")).astype(np.float32)
+    expected = read.copy()
+    expected -= MEAN
+    assert np.array_equal(image, expected)
+    assert not np.array_equal(image, read - MEAN.astype(np.float32))            # the two roundings do differ

@@ -7,7 +7,8 @@
   TRAINING_REFERENCE, the last commit that changed training numbers on purpose. Its history: e0ecd34 (before the
   restructuring) -> the restructuring, bit-identical to e0ecd34 (this test passed against e0ecd34 at commit
   aa3ca4e) -> TRAINING_REFERENCE: the loader's random rescale passes the factor to OpenCV as the original does
-  (docs/method.md §6.3), which samples the training crops differently. A change that alters training numbers on
+  (docs/method.md §6.3), which samples the training crops differently (c8252d7) -> the loader subtracts the mean in
+  float64 as the original, which changes inputs by up to 1 ulp (15edcf1). A change that alters training numbers on
   purpose moves TRAINING_REFERENCE to its own commit and adds a line here.
 
 Needs the repository's history (the commits are checked out with `git archive`); a clone without it skips with the
@@ -28,7 +29,7 @@ from tests.datagen import write_dataset
 from tests.e2e_config import ROOT, write_tiny_config
 
 EVALUATION_REFERENCE = "e0ecd34"    # "Remove unused imports": the last commit before the restructuring
-TRAINING_REFERENCE = "c8252d7"    # merge of the loader's OpenCV fx/fy rescale (docs/method.md §6.3)
+TRAINING_REFERENCE = "15edcf1"    # the loader's float64 mean subtraction (docs/method.md §6.3)
 
 pytestmark = pytest.mark.slow
 

@@ -77,7 +77,11 @@ def test_checkpoints_hold_original_keys_and_training_state(pipeline):
     assert "back.scale.contextuallocalmu.conv.weight" in ckpt["state_dict"]
     state = ckpt["training_state"]
     # num_pixels is the trainer's own state (it moved there from the top level of training_state)
-    assert set(state) == {"trainer", "stream", "rng", "schedule"}
+    assert set(state) == {"trainer", "stream", "rng", "rng_ranks", "run", "schedule"}
+    # the run-defining inputs beyond the config: a resume restores them (docs/method.md §8.5)
+    assert state["run"] == {"seed": 1, "amp": "off", "channels_last": False, "world_size": 1, "init_model": None,
+                            "eval_mode": "feature", "calibration": 0.0}
+    assert len(state["rng_ranks"]) == 1 and torch.equal(state["rng_ranks"][0]["torch"], state["rng"]["torch"])
     assert state["trainer"]["schedulers"]["dis"]["last_iter"] == 6
     assert state["trainer"]["num_pixels"] == 2 * 7 * 7           # crop 49 -> 7x7 features, batch 2
     assert ckpt["config"]["dataset"] == pipeline["toy"].name

@@ -70,13 +70,18 @@ class ContextualModule(nn.Module):
         pooled = self.contextualpool(torch.cat([gates[:, 0:1] * c1, gates[:, 1:2] * c2, gates[:, 2:3] * c3], 1))
         mu = self.contextuallocalmu(pooled)
         logvar = self.contextuallocalsigma(pooled)
-        mu, logvar = mu.float(), logvar.float()
+        mu, logvar = _at_least_float32(mu), _at_least_float32(logvar)
         if self.training:
             z = mu + shard.randn(mu.shape, noise_rows, device=mu.device) * torch.exp(0.5 * logvar)
         else:
             z = mu
         h0 = torch.sigmoid(h + h * torch.sigmoid(z))
         return ContextOutput(mu=mu, logvar=logvar, z=z, h0=h0)
+
+
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """bfloat16/float16 (mixed precision) -> float32; float32 and float64 unchanged."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -86,7 +91,7 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor, mask: Optional[torch.T
     The 1-channel mask is broadcast instead of materialised over C channels (same value, no C-fold copy).
     """
     # float32 under mixed precision: exp(logvar) of a bfloat16/float16 logvar overflows or rounds coarsely.
-    mu, logvar = mu.float(), logvar.float()
+    mu, logvar = _at_least_float32(mu), _at_least_float32(logvar)
     terms = 1 + logvar - mu.pow(2) - logvar.exp()
     if mask is None:
         return -0.5 * terms.mean()

@@ -176,7 +176,7 @@ class DataParallel:
         """Element-wise sums over ranks of scalar values (rank shares of global means): one all-reduce."""
         import torch.distributed as dist
         keys = list(values)
-        flat = torch.stack([values[k].detach().float().reshape(()) for k in keys]).to(self.device)
+        flat = torch.stack([values[k].detach().to(self.device, torch.float64).reshape(()) for k in keys])
         dist.all_reduce(flat)
         return {k: flat[i] for i, k in enumerate(keys)}
 

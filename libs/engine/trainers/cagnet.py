@@ -242,7 +242,9 @@ class CaGNetTrainer(Trainer):
             num_images = out.visible.shape[0]
             image_index = out.visible.reshape(num_images, -1).nonzero()[:, 0]
             image_rows = None if shard is None else shard.images
-            alpha = None if shard is None else sharding.rand(num_images, image_rows, device=device)
+            # drawn as gradient_penalty draws it for one process: in the real features' precision (>= float32)
+            alpha = None if shard is None else sharding.rand(
+                num_images, image_rows, device=device, dtype=torch.promote_types(real_detached.dtype, torch.float32))
             d_gp = gradient_penalty(lambda x: dis.score(x, rows[0]), real_detached, fake_detached, image_index,
                                     num_images, w.D_gp, alpha=alpha)
             d_gp = part(d_gp, image_rows)

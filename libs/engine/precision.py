@@ -4,7 +4,8 @@ and for float16 a gradient scaler.
 * `off` (default): float32 everywhere, the faithful numbers; no autocast context is entered at all.
 * `bf16`: autocast to bfloat16 on the CPU (fast where it has AVX512-BF16 or AMX) or on CUDA. bfloat16 has
   float32's exponent range, so gradients need no scaling.
-* `fp16`: autocast to float16 on CUDA with a GradScaler (float16 gradients underflow without it). Not on the CPU.
+* `fp16`: autocast to float16 with a GradScaler (float16 gradients underflow without it). Meant for CUDA; it runs
+  on the CPU too, slowly unless the CPU has AVX512-FP16 or AMX-FP16 (tests use it there for the scaler's path).
 
 What autocast runs in low precision: convolutions and matrix products (the backbone, ASPP, contextual convs,
 generator and classifier layers). What stays float32, each for its reason (comments at the code): the contextual
@@ -26,9 +27,8 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 def check_amp(mode: str, device_type: str) -> None:
     if mode not in AMP_MODES:
         raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {mode!r}")
-    if mode == "fp16" and device_type != "cuda":
-        raise ValueError("--amp fp16 needs a CUDA device (float16 autocast with a gradient scaler); on the CPU use "
-                         "--amp bf16")
+    if device_type not in ("cpu", "cuda") and mode != "off":
+        raise ValueError(f"--amp {mode}: mixed precision is implemented for cpu and cuda devices, not {device_type}")
 
 
 class Precision:

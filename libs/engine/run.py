@@ -97,6 +97,9 @@ class Run:
         self.channels_last = self._run_input("channels_last", options.channels_last,
                                              cfg.value("channels_last", False), started)
         self.precision = Precision(self.amp, self.device.type)
+        if self.amp == "fp16" and self.device.type == "cpu":
+            log.warning("--amp fp16 on the CPU: correct but slow unless the CPU has AVX512-FP16/AMX-FP16; "
+                        "--amp bf16 is the CPU's fast mode")
         seed_everything(self.seed)
         self.eval_mode = cfg["eval_mode"] if options.eval_mode is None else options.eval_mode
         self.calibration = cfg["calibration"] if options.calibration is None else options.calibration

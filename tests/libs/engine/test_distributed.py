@@ -129,7 +129,7 @@ def test_two_process_steps_equal_one_process_steps(tmp_path):
 
 
 # ---- run level: train.py's Run, real data, step 1 then mixed ---------------------------------------------------
-def _run_worker(rank, world, port, argv, out_dir):
+def _run_worker(rank, world, port, argv, out_dir, double=True):
     torch.set_num_threads(1)
     if world > 1:
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
@@ -143,13 +143,16 @@ def _run_worker(rank, world, port, argv, out_dir):
         return original(self, *args, **kwargs)
 
     DataParallel.exchange_boundary_runs = counted
-    next_batch = BatchStream.next
-    BatchStream.next = lambda self: tuple(t.double() if t.is_floating_point() else t for t in next_batch(self))
+    if double:
+        next_batch = BatchStream.next
+        BatchStream.next = lambda self: tuple(t.double() if t.is_floating_point() else t for t in next_batch(self))
     args = train.parse_args(argv)
     options = RunOptions(schedule=args.schedule, init_model=None if args.init_model == "none" else args.init_model,
-                         device="cpu", multigpus=args.multigpus, ngpu=args.ngpu)
+                         device="cpu", multigpus=args.multigpus, ngpu=args.ngpu, resume_from=args.resume_from,
+                         experiment_id=args.experimentid)
     run = Run(run_config(args.config, options), options, args.config)
-    run.model.double()                  # float64: see the module docstring
+    if double:
+        run.model.double()              # float64: see the module docstring
     run.train()
     torch.save({"params": {k: v.clone() for k, v in run.model.state_dict().items()}, "exchanges": len(exchanges)},
                os.path.join(out_dir, f"world{world}_rank{rank}.pt"))
@@ -190,3 +193,22 @@ def test_two_process_runs_train_the_one_process_model(tmp_path):
         assert all(torch.equal(r["torch"], state["rng_ranks"][0]["torch"]) for r in state["rng_ranks"])
     # the stream counts global items, the same with one and two processes; it went through epochs of 4 + 1 images
     assert streams[0] == streams[1] and streams[0]["epoch"] >= 1
+
+
+def test_two_process_run_resumes_exactly(tmp_path):
+    """Two processes (float32) stopped at a snapshot and resumed by two processes write the uninterrupted run's
+    final checkpoint bit for bit: every rank's RNG state and the global stream position are in the checkpoint."""
+    toy = write_dataset(str(tmp_path / "data"), n_train=5, n_test=2, image_size=[(40, 56), (60, 48)])
+    cfg = write_tiny_config(str(tmp_path / "step1.yaml"), "voc12", toy, str(tmp_path / "R"), BATCH_SIZE__TRAIN=4,
+                            ITER_MAX=5, snapshot=2)
+    folder = os.path.join(str(tmp_path / "R"), toy.name, "0", "models")
+    port = _free_port()
+    mp.spawn(_run_worker, args=(2, port, ["--config", cfg], str(tmp_path), False), nprocs=2, join=True)
+    final = torch.load(os.path.join(folder, "00000005.pth"), weights_only=False)
+    os.remove(os.path.join(folder, "00000005.pth"))
+    mp.spawn(_run_worker, args=(2, _free_port(), ["--config", cfg, "--resume_from", "2"], str(tmp_path), False),
+             nprocs=2, join=True)
+    resumed = torch.load(os.path.join(folder, "00000005.pth"), weights_only=False)
+    for key, value in final["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    assert final["training_state"]["stream"] == resumed["training_state"]["stream"]

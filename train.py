@@ -12,6 +12,7 @@ import os
 import sys
 
 from libs.engine.evaluation import EVAL_MODES
+from libs.engine.precision import AMP_MODES
 from libs.engine.run import Run, RunOptions, run_config
 from libs.engine.schedules import SCHEDULE_NAMES
 from libs.io import log
@@ -44,6 +45,10 @@ def parse_args(argv=None):
                              "(default: the config's calibration, 0)")
     parser.add_argument("--max_iter", type=int, default=None,
                         help="stop after this many iterations instead of the config's ITER_MAX* (quick runs)")
+    parser.add_argument("--amp", default=None, choices=AMP_MODES,
+                        help="mixed precision (default: the config's amp, off = float32, the faithful numbers)")
+    parser.add_argument("--channels_last", action="store_true", default=None,
+                        help="channels-last memory layout for the convolutions (default: the config's channels_last)")
     args = parser.parse_args(argv)
     if args.val and args.resume_from > 0:
         parser.error("--val cannot be combined with --resume_from")
@@ -61,7 +66,8 @@ def main(argv=None) -> int:
     options = RunOptions(schedule=args.schedule, experiment_id=args.experimentid, resume_from=args.resume_from,
                          init_model=None if args.init_model == "none" else args.init_model, device=args.device,
                          multigpus=args.multigpus, ngpu=args.ngpu, seed=args.seed, max_iter=args.max_iter,
-                         evaluate_only=args.val, eval_mode=args.eval_mode, calibration=args.calibrate)
+                         evaluate_only=args.val, eval_mode=args.eval_mode, calibration=args.calibrate,
+                         amp=args.amp, channels_last=args.channels_last)
     run = Run(run_config(args.config, options), options, args.config)
     if args.val:
         run.evaluate(args.results_json, args.save_predictions)

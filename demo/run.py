@@ -17,6 +17,7 @@ import time
 import train
 from demo.data import generate_demo, is_complete
 from libs.config import iter_max, load_config
+from libs.engine.precision import AMP_MODES
 from libs.engine.run import experiment_dir
 from libs.engine.schedules import get_schedule
 from libs.metrics import format_score_table
@@ -35,6 +36,9 @@ def parse_args(argv=None):
     parser.add_argument("--step1_iters", type=int, default=None, help="shorten step 1 (default: the config's)")
     parser.add_argument("--mixed_iters", type=int, default=None, help="shorten mixed (default: the config's)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--amp", default=None, choices=AMP_MODES,
+                        help="mixed precision of every stage (train.py --amp)")
+    parser.add_argument("--channels_last", action="store_true", help="train.py --channels_last for every stage")
     return parser.parse_args(argv)
 
 
@@ -50,6 +54,7 @@ def main(argv=None) -> dict:
         generate_demo(data_root, seed=args.seed, n_train=args.n_train, n_test=args.n_test, progress=True)
 
     common = ["--experimentid", args.experimentid, "--seed", str(args.seed), "--device", args.device]
+    common += (["--amp", args.amp] if args.amp else []) + (["--channels_last"] if args.channels_last else [])
     step1_iters = args.step1_iters or iter_max(step1_cfg, "step1")
     step1_model = os.path.join(experiment_dir(step1_cfg, args.experimentid), get_schedule("step1").model_dir,
                                "%08d.pth" % step1_iters)

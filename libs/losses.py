@@ -5,9 +5,14 @@ Every loss takes the layout the model produces: pixel matrices of the *visible* 
 (n, i, j) raster order, i.e. scores (P, 1), logits (P, C), features (P, F) and labels (P,). Averages are over
 those P pixels. A loss over an empty set of pixels returns ``None`` instead of NaN so the caller can skip the
 batch (design rule 9). The KL term lives with the contextual module that produces mu/logvar.
+
+Mixed precision (docs/method.md §8.7): every loss is computed in float32 from whatever precision the network ran
+in: the sigmoid-score GAN terms (BCE of a bfloat16 probability near 0 or 1 loses its tail), the softmax
+cross-entropy (log-sum-exp over C logits), the MMD's expanded distances (cancellation of 600-d squared norms).
 """
 import contextlib
-from typing import Callable, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -27,14 +32,29 @@ def _check_gan_type(gan_type: str) -> None:
         raise ValueError(f"gan_type must be one of {GAN_TYPES}, got {gan_type!r}")
 
 
+@contextlib.contextmanager
+def _no_autocast(device_type: str):
+    """Ops inside run in the precision of their inputs (float32 here), whatever autocast is active."""
+    with torch.autocast(device_type=device_type, enabled=False):
+        yield
+
+
+def _full(x: torch.Tensor) -> torch.Tensor:
+    """x in float32, or float64 if it is (tests); a no-op for float32 input."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _gan_term(score: torch.Tensor, target: float, gan_type: str) -> torch.Tensor:
     """Mean over pixels of the per-pixel GAN criterion for a constant target (1 = real, 0 = fake)."""
+    score = _full(score)
     if gan_type == "lsgan":
         # Faithful to the original: 'lsgan' is an L1 distance between the sigmoid score and the
         # target, not a squared error (docs/method.md §3.2).
         per_pixel = (score - target).abs()
     elif gan_type == "gan":
-        per_pixel = F.binary_cross_entropy(score, torch.full_like(score, target), reduction="none")
+        # BCE on a probability is refused by CUDA autocast (unsafe in float16); it runs in float32 here.
+        with _no_autocast(score.device.type):
+            per_pixel = F.binary_cross_entropy(score, torch.full_like(score, target), reduction="none")
     else:
         # Faithful to the original: the Wasserstein critic value is the *sigmoid* score.
         per_pixel = -score if target == 1.0 else score
@@ -77,7 +97,8 @@ def generator_gan_loss(score_fake: torch.Tensor, gan_type: str = "lsgan") -> Opt
 
 def gradient_penalty(score_fn: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor,
                      image_index: torch.Tensor, num_images: int, weight: float = 10.0,
-                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                     generator: Optional[torch.Generator] = None, alpha: Optional[torch.Tensor] = None
+                     ) -> torch.Tensor:
     """WGAN-GP penalty on random interpolates of real and fake features (docs/method.md §3.3).
 
     alpha ~ U(0, 1) per image, x_hat = alpha * real + (1 - alpha) * fake; g = d score(x_hat) / d x_hat with
@@ -85,6 +106,8 @@ def gradient_penalty(score_fn: Callable[[torch.Tensor], torch.Tensor], real: tor
     the gradient of the full map, which is the same); penalty = weight * mean_n (||g_n||_2 - 1)^2 over all
     num_images images (an image without visible pixels has norm 0). The graph is kept (create_graph=True) so the
     penalty trains the discriminator. Real and fake enter detached: the penalty is a discriminator loss.
+    It is computed in float32 with autocast off: a second-order gradient of a sigmoid score in bfloat16/float16
+    would quantise (or underflow) the norms it penalises.
 
     Args:
         score_fn: maps features (P, F) to sigmoid scores (P, 1); it must be pixel-wise.
@@ -92,23 +115,29 @@ def gradient_penalty(score_fn: Callable[[torch.Tensor], torch.Tensor], real: tor
         image_index: (P,) the batch image of each pixel; num_images: N.
         weight: lambda_D_gp (10 in every config).
         generator: optional RNG for alpha (tests, reproducibility).
+        alpha: the N mixing weights, when the caller draws them (several processes, models/shard.py).
+    Returns 0 for num_images = 0 (a process holding no image of the global batch).
     """
     if real.shape != fake.shape or real.dim() != 2 or image_index.shape != real.shape[:1]:
         raise ValueError(f"expected real and fake (P, F) and image_index (P,), got {tuple(real.shape)}, "
                          f"{tuple(fake.shape)} and {tuple(image_index.shape)}")
-    alpha = torch.rand(num_images, generator=generator, dtype=real.dtype,
-                       device=real.device if generator is None else generator.device).to(real.device)
-    a = alpha[image_index].unsqueeze(1)
-    x_hat = (a * real.detach() + (1.0 - a) * fake.detach()).requires_grad_(True)
-    score = score_fn(x_hat)
-    grad = torch.autograd.grad(outputs=score, inputs=x_hat, grad_outputs=torch.ones_like(score),
-                               create_graph=True, retain_graph=True)[0]
-    squares = grad.new_zeros(num_images).index_add(0, image_index, grad.pow(2).sum(1))
-    # sqrt only where the sum is positive, so an image without visible pixels cannot inject a NaN gradient.
-    positive = squares > 0
-    norms = torch.where(positive, torch.sqrt(torch.where(positive, squares, torch.ones_like(squares))),
-                        torch.zeros_like(squares))
-    return weight * ((norms - 1.0) ** 2).mean()
+    if alpha is None:
+        alpha = torch.rand(num_images, generator=generator, dtype=_full(real).dtype,
+                           device=real.device if generator is None else generator.device)
+    if num_images == 0:
+        return real.new_zeros((), dtype=torch.float32)
+    a = alpha.to(real.device)[image_index].unsqueeze(1)
+    with _no_autocast(real.device.type):
+        x_hat = (a * _full(real.detach()) + (1.0 - a) * _full(fake.detach())).requires_grad_(True)
+        score = _full(score_fn(x_hat))
+        grad = torch.autograd.grad(outputs=score, inputs=x_hat, grad_outputs=torch.ones_like(score),
+                                   create_graph=True, retain_graph=True)[0]
+        squares = grad.new_zeros(num_images).index_add(0, image_index, grad.pow(2).sum(1))
+        # sqrt only where the sum is positive, so an image without visible pixels cannot inject a NaN gradient.
+        positive = squares > 0
+        norms = torch.where(positive, torch.sqrt(torch.where(positive, squares, torch.ones_like(squares))),
+                            torch.zeros_like(squares))
+        return weight * ((norms - 1.0) ** 2).mean()
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor,
@@ -135,8 +164,10 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor,
     # The pixels go through cross_entropy as a (1, C, P, 1) map: the spatial kernel rounds differently from the
     # (P, C) one in the last bit, and this is the layout every number of this code base was produced with.
     pixels, classes = logits.shape
-    loss = F.cross_entropy(logits.t().reshape(1, classes, pixels, 1), labels.reshape(1, pixels, 1),
-                           ignore_index=ignore_index)
+    logits = _full(logits)
+    with _no_autocast(logits.device.type):
+        loss = F.cross_entropy(logits.t().reshape(1, classes, pixels, 1), labels.reshape(1, pixels, 1),
+                               ignore_index=ignore_index)
     with torch.no_grad():
         correct = ((logits.argmax(dim=1) == labels) & valid).sum()
         accuracy = correct.to(torch.float32) / num_valid.to(torch.float32)
@@ -225,8 +256,94 @@ def _run_lengths(labels_1d: torch.Tensor) -> torch.Tensor:
     return counts
 
 
+@dataclass(frozen=True)
+class RunSummary:
+    """What other processes need to know about one process's visible labels to continue MMD runs across it:
+    the pixel count, the first and last label, the lengths of the first and last run, the number of runs."""
+    count: int
+    first: int = -1
+    last: int = -1
+    first_len: int = 0
+    last_len: int = 0
+    runs: int = 0
+
+    @staticmethod
+    def of(labels: torch.Tensor) -> "RunSummary":
+        """labels: (P,) visible labels of one process in raster order."""
+        if labels.numel() == 0:
+            return RunSummary(0)
+        values, counts = torch.unique_consecutive(labels, return_counts=True)
+        values, counts = values.tolist(), counts.tolist()
+        return RunSummary(int(labels.numel()), values[0], values[-1], counts[0], counts[-1], len(counts))
+
+    def as_list(self) -> List[int]:
+        return [self.count, self.first, self.last, self.first_len, self.last_len, self.runs]
+
+
+@dataclass(frozen=True)
+class RunPiece:
+    """Rows of process `rank`'s pixels that continue a run of another process: its first or its last run."""
+    rank: int
+    which: str          # "first" | "last"
+    length: int
+
+
+@dataclass(frozen=True)
+class BoundaryRuns:
+    """How this process's runs continue into its neighbours' (several processes, one global raster order):
+    `before` continues its first run backwards (in rank order), `after` its last run forwards; num_runs counts the
+    runs of the whole global sequence."""
+    before: Tuple[RunPiece, ...]
+    after: Tuple[RunPiece, ...]
+    num_runs: int
+
+    @property
+    def crosses(self) -> bool:
+        return bool(self.before or self.after)
+
+
+def plan_boundary_runs(summaries: Sequence[RunSummary], rank: int) -> BoundaryRuns:
+    """The MMD runs of a global raster order held by processes in rank order (each its consecutive part), as seen
+    by `rank`: a run continues across a process boundary when the last visible label before it equals the first
+    one after it; processes without visible pixels are passed over, as ignored pixels are within one process."""
+    own = summaries[rank]
+
+    def continuation(step: int) -> Tuple[RunPiece, ...]:
+        """Pieces of the processes after (step 1) or before (step -1) `rank` that continue its last/first run."""
+        label = own.first if step < 0 else own.last
+        pieces = []
+        q = rank + step
+        while own.count and 0 <= q < len(summaries):
+            other = summaries[q]
+            if other.count:
+                if (other.last if step < 0 else other.first) != label:
+                    break
+                pieces.append(RunPiece(q, "last", other.last_len) if step < 0
+                              else RunPiece(q, "first", other.first_len))
+                if other.runs > 1:          # the run ends inside that process
+                    break
+            q += step
+        return tuple(reversed(pieces)) if step < 0 else tuple(pieces)
+
+    present = [s for s in summaries if s.count]
+    joins = sum(1 for a, b in zip(present, present[1:]) if a.last == b.first)
+    return BoundaryRuns(continuation(-1), continuation(1), sum(s.runs for s in present) - joins)
+
+
+@dataclass
+class RunContext:
+    """The detached features (fakes, reals) of other processes' pixels that continue this process's first run
+    (`before`, in raster order) and its last run (`after`), and the global number of runs."""
+    before_fake: torch.Tensor
+    before_real: torch.Tensor
+    after_fake: torch.Tensor
+    after_real: torch.Tensor
+    num_runs: int
+
+
 def mmd_content_loss(fake: torch.Tensor, real: torch.Tensor, labels: torch.Tensor,
-                     sigmas: Sequence[float] = MMD_SIGMAS) -> Optional[torch.Tensor]:
+                     sigmas: Sequence[float] = MMD_SIGMAS, context: Optional[RunContext] = None
+                     ) -> Optional[torch.Tensor]:
     """MMD content loss between generated and real features (docs/method.md §3.5 'MMDLoss').
 
     Args:
@@ -234,6 +351,12 @@ def mmd_content_loss(fake: torch.Tensor, real: torch.Tensor, labels: torch.Tenso
         real: real features (P, F) at the same pixels (the caller detaches them).
         labels: (P,) class ids of those pixels.
         sigmas: kernel bandwidths, k_sigma(a, b) = exp(-||a - b||^2 / (2 sigma)).
+        context: with several processes, this process's pixels are one consecutive part of the global raster
+            order, and a run can continue into the neighbouring parts (docs/method.md §3.5, §8.6). The run that
+            continues from `before` is computed here with the other processes' pixels detached, so the gradient
+            reaching this process's pixels is complete, but its value counts only on the process holding its
+            first pixel; the sum is over this process's runs divided by context.num_runs. Summed over processes,
+            values and gradients are those of the global loss.
 
     Returns:
         Mean over runs r of sqrt(A_r) (0 * A_r when A_r <= 0), with
@@ -255,12 +378,19 @@ def mmd_content_loss(fake: torch.Tensor, real: torch.Tensor, labels: torch.Tenso
     dtype = torch.promote_types(fake.dtype, torch.float32)
     x_all = fake.to(dtype)
     y_all = real.to(dtype)
+    borrowed_first = False
+    if context is not None:
+        before, after = context.before_fake.shape[0], context.after_fake.shape[0]
+        borrowed_first = before > 0
+        x_all = torch.cat([context.before_fake.to(dtype).detach(), x_all, context.after_fake.to(dtype).detach()])
+        y_all = torch.cat([context.before_real.to(dtype).detach(), y_all, context.after_real.to(dtype).detach()])
+        labels = torch.cat([labels[:1].expand(before), labels, labels[-1:].expand(after)])
     lengths = _run_lengths(labels)
     starts = torch.cumsum(lengths, 0) - lengths
     lengths_cpu = lengths.cpu()
     buckets = torch.ceil(torch.log2(lengths_cpu.to(torch.float64))).to(torch.int64)
 
-    run_losses = []
+    run_losses, run_ids = [], []
     for bucket in torch.unique(buckets).tolist():
         members = torch.nonzero(buckets == bucket).flatten()
         max_len = int(lengths_cpu[members].max())
@@ -283,7 +413,16 @@ def mmd_content_loss(fake: torch.Tensor, real: torch.Tensor, labels: torch.Tenso
             # sqrt only where A_r > 0 so the unused branch cannot inject NaN gradients.
             root = torch.sqrt(torch.where(positive, value, torch.ones_like(value)))
             run_losses.append(torch.where(positive, root, 0.0 * value))
-    return torch.cat(run_losses).sum() / lengths.numel()
+            run_ids.append(chunk)
+    if context is None:
+        return torch.cat(run_losses).sum() / lengths.numel()
+    losses = torch.cat(run_losses)
+    if borrowed_first:
+        # The run continued from `before` is counted by the process holding its first pixel: value 0 here,
+        # gradient (for this process's pixels) kept.
+        first = torch.cat(run_ids) == 0
+        losses = torch.where(first, losses - losses.detach(), losses)
+    return losses.sum() / context.num_runs
 
 
 def l1_content_loss(fake: torch.Tensor, real: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -177,8 +177,9 @@ class ContextualDeepLab(nn.Module):
         self.backbone = backbone
         self.context = context
 
-    def forward(self, x: torch.Tensor) -> ContextOutput:
-        return self.context(self.backbone(x))
+    def forward(self, x: torch.Tensor, noise_rows=None) -> ContextOutput:
+        """noise_rows: these images' rows of the global batch (models/shard.py), for the latent code's noise."""
+        return self.context(self.backbone(x), noise_rows)
 
 
 class MultiScale(nn.Module):
@@ -196,20 +197,23 @@ class MultiScale(nn.Module):
         self.scale = scale
         self.pyramid_scales = tuple(pyramid_scales)
 
-    def forward(self, x: torch.Tensor):
-        return self.scale(x)
+    def forward(self, x: torch.Tensor, **kwargs):
+        """The full scale; keyword arguments go to the base network (e.g. CaGNet's noise_rows)."""
+        return self.scale(x, **kwargs)
 
     def scaled_size(self, height: int, width: int, p: float):
         """Input size of pyramid scale p: floor(H p) x floor(W p), as the original."""
         return int(height * p), int(width * p)
 
-    def pyramid(self, x: torch.Tensor, full: torch.Tensor, select: Callable = lambda out: out) -> List[torch.Tensor]:
+    def pyramid(self, x: torch.Tensor, full: torch.Tensor, select: Callable = lambda out: out,
+                **kwargs) -> List[torch.Tensor]:
         """[full, map_0.5, map_0.75, max] where map_p = select(scale(x resized by p)) and max is the pixel-wise max
-        of full and the bilinearly upsampled pyramid maps. x (N, 3, H, W); full: the full-scale map (N, C, h, w)."""
+        of full and the bilinearly upsampled pyramid maps. x (N, 3, H, W); full: the full-scale map (N, C, h, w).
+        Keyword arguments go to the base network at every scale."""
         size = full.shape[-2:]
         h, w = x.shape[-2:]
         scaled = [select(self.scale(F.interpolate(x, size=self.scaled_size(h, w, p), mode="bilinear",
-                                                  align_corners=False))) for p in self.pyramid_scales]
+                                                  align_corners=False), **kwargs)) for p in self.pyramid_scales]
         fused = full
         for s in scaled:
             fused = torch.max(fused, F.interpolate(s, size=size, mode="bilinear", align_corners=False))

@@ -10,6 +10,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from models import shard as sharding
 from models.backbone import ContextualDeepLab, DeepLabV2, MultiScale, feature_size
 from models.classifier import Classifier
 from models.contextual import ContextualModule, kl_divergence
@@ -125,27 +126,32 @@ class CaGNet(nn.Module):
         return all(bool((y != self.ignore_index).any()) for y in label_maps)
 
     # ---- forwards -----------------------------------------------------------------------------------
-    def step1(self, images: torch.Tensor, labels: torch.Tensor, backbone_grad: bool = True) -> Optional[Step1Output]:
+    def step1(self, images: torch.Tensor, labels: torch.Tensor, backbone_grad: bool = True,
+              shard: Optional[sharding.BatchShard] = None) -> Optional[Step1Output]:
         """images (N, 3, H, W); labels (N, H', W') train ids (any resolution; resized nearest per map).
         backbone_grad=False runs the backbone without a graph (frozen backbone: nothing would use it).
 
-        Returns None for a batch with no visible pixel at some scale (the original skips it).
+        Returns None for a batch with no visible pixel at some scale (the original skips it). With `shard` (this
+        process's part of a global batch) the caller has decided that over the global batch, and the random draws
+        are those of the global batch (models/shard.py); this part may then have no visible pixel at all.
+        KLD is the mean over this part's visible pixels (the caller weights it by shard.pixels[0].share).
         """
         label_maps = self.pyramid_labels(labels, images.shape[-2:])
-        if not self._all_visible(label_maps):
+        if shard is None and not self._all_visible(label_maps):
             return None
         y = label_maps[0]
         visible = y != self.ignore_index
+        noise = {} if shard is None else {"noise_rows": shard.images}
         with torch.set_grad_enabled(backbone_grad and torch.is_grad_enabled()):
-            out = self.back(images)
+            out = self.back(images, **noise)
             kld = kl_divergence(out.mu, out.logvar, visible)
-            pyramid = self.back.pyramid(images, out.h0, select=lambda scale_out: scale_out.h0)
+            pyramid = self.back.pyramid(images, out.h0, select=lambda scale_out: scale_out.h0, **noise)
         mask = visible.reshape(-1)
         y_vis = y.reshape(-1)[mask]
         real = to_pixels(out.h0)[mask]
         code = to_pixels(out.z)[mask]
         # Faithful to the original: the generator's input is detached, so no generator loss reaches `back`.
-        fake = self.gen(self.Em_vis(y_vis), code.detach())
+        fake = self.gen(self.Em_vis(y_vis), code.detach(), None if shard is None else shard.pixels[0])
         pyramid_real, pyramid_labels = [], []
         for feat, yk in zip(pyramid, label_maps):
             yk = yk.reshape(-1)
@@ -154,16 +160,17 @@ class CaGNet(nn.Module):
             pyramid_labels.append(yk[keep])
         return Step1Output(kld, real, fake, y_vis, visible, pyramid_real, pyramid_labels)
 
-    def step2(self, num_pixels: int, class_prior: torch.Tensor, generator: Optional[torch.Generator] = None
-              ) -> Step2Output:
+    def step2(self, num_pixels: int, class_prior: torch.Tensor, generator: Optional[torch.Generator] = None,
+              rows: Optional[sharding.Rows] = None) -> Step2Output:
         """Generate features for num_pixels pixels whose test ids are drawn i.i.d. from class_prior (S+U,).
 
-        Needs no image: the original ran the backbone on the last batch only to read N*h*w.
+        Needs no image: the original ran the backbone on the last batch only to read N*h*w. With `rows` these
+        num_pixels = rows.count pixels are this process's rows of a global step-2 batch of rows.total pixels.
         """
         device = self.Em_all.weight.device
-        labels = torch.multinomial(class_prior.to(device), num_pixels, replacement=True, generator=generator)
-        noise = torch.randn(num_pixels, self.latent_dim, device=device, generator=generator)
-        return Step2Output(labels, self.gen(self.Em_all(labels), noise))
+        labels = sharding.multinomial(class_prior.to(device), num_pixels, rows, generator)
+        noise = sharding.randn((num_pixels, self.latent_dim), rows, device=device, generator=generator)
+        return Step2Output(labels, self.gen(self.Em_all(labels), noise, rows))
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits (N, C, h, w) from the full-scale h0 only (no pyramid); the caller sets eval mode."""

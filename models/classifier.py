@@ -1,10 +1,13 @@
 """The "discriminator": a shared fc trunk with a real/fake head and a class head, applied pixel-wise."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models import shard
 from models.ops import apply_1x1, conv1x1, to_maps, to_pixels
 
 
@@ -16,15 +19,16 @@ class Trunk(nn.Module):
         self.conv = conv1x1(in_dim, out_dim)
         self.dropout = dropout
 
-    def forward(self, x):
-        return F.dropout(F.relu(apply_1x1(self.conv, x)), self.dropout, self.training)
+    def forward(self, x, rows: Optional[shard.Rows] = None):
+        return shard.dropout(F.relu(apply_1x1(self.conv, x)), self.dropout, self.training, rows)
 
 
 class Classifier(nn.Module):
     """fc 600 -> 1024 (+ReLU, dropout 0.5); `pred` 1024 -> 1 (sigmoid score); `cls` 1024 -> C logits.
 
     Faithful to the original: every call recomputes the trunk and so draws its own dropout mask.
-    Inputs are pixel matrices (P, F); `logit_maps` handles (N, F, h, w) maps for prediction.
+    Inputs are pixel matrices (P, F); `logit_maps` handles (N, F, h, w) maps for prediction. `rows`: the P
+    pixels' rows of the global pixel matrix when several processes share a batch (models/shard.py).
     """
 
     def __init__(self, in_dim: int = 600, hidden_dim: int = 1024, num_outputs: int = 21, dropout: float = 0.5):
@@ -33,13 +37,13 @@ class Classifier(nn.Module):
         self.pred = conv1x1(hidden_dim, 1)
         self.cls = conv1x1(hidden_dim, num_outputs)
 
-    def score(self, x: torch.Tensor) -> torch.Tensor:
+    def score(self, x: torch.Tensor, rows: Optional[shard.Rows] = None) -> torch.Tensor:
         """Real/fake score in (0, 1): (P, F) -> (P, 1)."""
-        return torch.sigmoid(apply_1x1(self.pred, self.fc(x)))
+        return torch.sigmoid(apply_1x1(self.pred, self.fc(x, rows)))
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, x: torch.Tensor, rows: Optional[shard.Rows] = None) -> torch.Tensor:
         """Class logits: (P, F) -> (P, C)."""
-        return apply_1x1(self.cls, self.fc(x))
+        return apply_1x1(self.cls, self.fc(x, rows))
 
     def logit_maps(self, maps: torch.Tensor) -> torch.Tensor:
         """(N, F, h, w) -> (N, C, h, w)."""

@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models import shard
+
 
 class Conv(nn.Module):
     """Bias-free conv with an optional ReLU; wrapped so state-dict names end in `.conv.weight` as released."""
@@ -53,8 +55,13 @@ class ContextualModule(nn.Module):
         # Faithful to the original: the "sigma" head is a log-variance behind a ReLU, so logvar >= 0.
         self.contextuallocalsigma = Conv(feat_channels, feat_channels, 3, relu=True)
 
-    def forward(self, h: torch.Tensor) -> ContextOutput:
-        """h: ASPP output (N, F, h, w). Samples z in training mode, uses z = mu in eval mode."""
+    def forward(self, h: torch.Tensor, noise_rows: Optional[shard.Rows] = None) -> ContextOutput:
+        """h: ASPP output (N, F, h, w). Samples z in training mode, uses z = mu in eval mode.
+
+        noise_rows: these N images' rows of the global batch, whose noise is drawn for all of it (models/shard.py).
+        Under mixed precision the noise, z and h0 are float32: exp(logvar / 2) and the two sigmoids are cheap
+        and bfloat16's 8-bit mantissa would quantise the latent code the generator is conditioned on.
+        """
         c1 = self.contextual1(torch.sigmoid(h))
         c2 = self.contextual2(c1)
         c3 = self.contextual3(c2)
@@ -63,9 +70,18 @@ class ContextualModule(nn.Module):
         pooled = self.contextualpool(torch.cat([gates[:, 0:1] * c1, gates[:, 1:2] * c2, gates[:, 2:3] * c3], 1))
         mu = self.contextuallocalmu(pooled)
         logvar = self.contextuallocalsigma(pooled)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+        mu, logvar = _at_least_float32(mu), _at_least_float32(logvar)
+        if self.training:
+            z = mu + shard.randn(mu.shape, noise_rows, device=mu.device) * torch.exp(0.5 * logvar)
+        else:
+            z = mu
         h0 = torch.sigmoid(h + h * torch.sigmoid(z))
         return ContextOutput(mu=mu, logvar=logvar, z=z, h0=h0)
+
+
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """bfloat16/float16 (mixed precision) -> float32; float32 and float64 unchanged."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -74,6 +90,8 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor, mask: Optional[torch.T
     mu, logvar: (N, C, h, w); mask: bool (N, h, w) or (N, 1, h, w) at the same resolution, None = all visible.
     The 1-channel mask is broadcast instead of materialised over C channels (same value, no C-fold copy).
     """
+    # float32 under mixed precision: exp(logvar) of a bfloat16/float16 logvar overflows or rounds coarsely.
+    mu, logvar = _at_least_float32(mu), _at_least_float32(logvar)
     terms = 1 + logvar - mu.pow(2) - logvar.exp()
     if mask is None:
         return -0.5 * terms.mean()

@@ -1,12 +1,13 @@
 """Feature generator: [class word embedding ; contextual latent code] -> fake pixel feature in (0, 1)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models import shard
 from models.ops import apply_1x1, conv1x1
 
 
@@ -18,8 +19,8 @@ class GeneratorBlock(nn.Module):
         self.conv = conv1x1(in_ch, out_ch)
         self.dropout = dropout
 
-    def forward(self, x):
-        return F.dropout(F.leaky_relu(apply_1x1(self.conv, x), 0.2), self.dropout, self.training)
+    def forward(self, x, rows: Optional[shard.Rows] = None):
+        return shard.dropout(F.leaky_relu(apply_1x1(self.conv, x), 0.2), self.dropout, self.training, rows)
 
 
 class FeatureGenerator(nn.Module):
@@ -41,12 +42,13 @@ class FeatureGenerator(nn.Module):
         self.mlp.append(conv1x1(dims[-1], out_dim))
         self.in_dim = in_dim
 
-    def forward(self, condition: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-        """condition (P, E), code (P, F) -> fake features (P, out_dim)."""
+    def forward(self, condition: torch.Tensor, code: torch.Tensor, rows: Optional[shard.Rows] = None) -> torch.Tensor:
+        """condition (P, E), code (P, F) -> fake features (P, out_dim). rows: these P pixels' rows of the global
+        pixel matrix, whose dropout masks are drawn for all of it (models/shard.py)."""
         x = torch.cat([condition, code], 1)
         if x.shape[1] != self.in_dim:
             raise ValueError(f"generator input has {x.shape[1]} channels (embedding {condition.shape[1]} + "
                              f"code {code.shape[1]}), gen.in_dim_mlp is {self.in_dim}")
         for block in self.mlp[:-1]:
-            x = block(x)
+            x = block(x, rows)
         return torch.sigmoid(apply_1x1(self.mlp[-1], x))

@@ -11,6 +11,15 @@
   float64 as the original, which changes inputs by up to 1 ulp (15edcf1). A change that alters training numbers on
   purpose moves TRAINING_REFERENCE to its own commit and adds a line here.
 
+Not counted as a change of training numbers, because it is checked (docs/method.md §8.5): the data loaders no longer
+draw their workers' base seed from the global torch RNG (one draw at every epoch start, at every snapshot's test run
+and when a resume created a loader), which made resuming inexact; they have their own generators now. That shifts
+the global RNG stream of every training run, so today's checkpoints are not the reference's. The training comparison
+therefore runs today's code with those draws put back (`_OLD_LOADER_DRAWS`: every DataLoader built without its
+generator) and requires bit-identical checkpoints: nothing else changed, in particular not the one-process path of
+the multi-process changes (models/shard.py, the trainers' shares). The --val comparison has no randomness and runs
+today's code as it is, on the same checkpoint in both trees.
+
 Needs the repository's history (the commits are checked out with `git archive`); a clone without it skips with the
 reason.
 """
@@ -30,6 +39,20 @@ from tests.e2e_config import ROOT, write_tiny_config
 
 EVALUATION_REFERENCE = "e0ecd34"    # "Remove unused imports": the last commit before the restructuring
 TRAINING_REFERENCE = "15edcf1"    # the loader's float64 mean subtraction (docs/method.md §6.3)
+
+# Runs train.py with every DataLoader built without a generator, as before the loaders had their own: creating
+# an iterator then draws the workers' base seed from the global torch RNG again.
+_OLD_LOADER_DRAWS = """
+import runpy, sys
+import torch.utils.data as data
+_init = data.DataLoader.__init__
+def _without_generator(self, *args, **kwargs):
+    kwargs["generator"] = None
+    _init(self, *args, **kwargs)
+data.DataLoader.__init__ = _without_generator
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
 
 pytestmark = pytest.mark.slow
 
@@ -70,8 +93,8 @@ def _config(path, base, toy, results, known=None, **changes):
     return path
 
 
-def _pipeline(tree, tmp, toy, name, known=None):
-    """step1 -> mixed -> mixed resumed from its first snapshot, all through `tree`'s train.py."""
+def _pipeline(tree, tmp, toy, name, known=None, shim=None):
+    """step1 -> mixed -> mixed resumed from its first snapshot, all through `tree`'s train.py (run by `shim`)."""
     results = str(tmp / f"Results-{name}")
     exp = os.path.join(results, toy.name, "0")
     step1 = _config(str(tmp / f"{name}-step1.yaml"), "voc12", toy, results, known, ITER_MAX=6, snapshot=3)
@@ -80,9 +103,7 @@ def _pipeline(tree, tmp, toy, name, known=None):
                     init_model=os.path.join(exp, "models", "00000006.pth"))
 
     def train(*args):
-        proc = subprocess.run([sys.executable, os.path.join(tree, "train.py"), *args], cwd=tree, capture_output=True,
-                              text=True, timeout=600)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        _train(tree, *args, shim=shim)
 
     train("--config", step1, "--schedule", "step1", "--seed", "1")
     train("--config", mixed, "--schedule", "mixed")
@@ -92,11 +113,17 @@ def _pipeline(tree, tmp, toy, name, known=None):
     return exp, step1
 
 
-def _evaluate(tree, tmp, checkpoint, config, name):
-    proc = subprocess.run([sys.executable, os.path.join(tree, "train.py"), "--config", config, "--init_model",
-                           checkpoint, "--val", "--results_json", str(tmp / f"{name}.json"), "--save_predictions",
-                           str(tmp / f"{name}-pred")], cwd=tree, capture_output=True, text=True, timeout=600)
+def _train(tree, *args, shim=None):
+    command = [sys.executable, os.path.join(tree, "train.py"), *args]
+    if shim is not None:
+        command = [sys.executable, "-c", shim, os.path.join(tree, "train.py"), *args]
+    proc = subprocess.run(command, cwd=tree, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def _evaluate(tree, tmp, checkpoint, config, name):
+    _train(tree, "--config", config, "--init_model", checkpoint, "--val", "--results_json", str(tmp / f"{name}.json"),
+           "--save_predictions", str(tmp / f"{name}-pred"))
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +133,7 @@ def runs(tmp_path_factory):
     evaluation_tree = _reference_tree(tmp, EVALUATION_REFERENCE)
     toy = write_dataset(str(tmp / "data"), n_train=6, n_test=3, image_size=[(40, 56), (60, 48)])
     reference, _ = _pipeline(training_tree, tmp, toy, "reference", _known_keys(training_tree))
-    today, step1 = _pipeline(ROOT, tmp, toy, "today")
+    today, step1 = _pipeline(ROOT, tmp, toy, "today", shim=_OLD_LOADER_DRAWS)
     checkpoint = os.path.join(today, "models_transfer", "00000008.pth")
     old_config = _config(str(tmp / "evaluation-step1.yaml"), "voc12", toy, str(tmp / "Results-evaluation"),
                          _known_keys(evaluation_tree))
@@ -137,6 +164,16 @@ def _assert_same_tensors(a, b, where):
         assert a == b, where
 
 
+def _as_old_rng_state(state):
+    """Today's checkpoint RNG state (plain types, weights_only-loadable) in the reference's form."""
+    version, internal, gauss = state["python"]
+    numpy = state["numpy"]
+    return {"python": (version, tuple(internal), gauss),
+            "numpy": (numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
+                      numpy["cached_gaussian"]),
+            "torch": state["torch"]}
+
+
 def test_checkpoints_are_bit_identical(runs):
     _, reference, today = runs
     names = _checkpoints(reference)
@@ -146,10 +183,18 @@ def test_checkpoints_are_bit_identical(runs):
         new = torch.load(os.path.join(today, name), weights_only=False)
         assert list(old["state_dict"]) == list(new["state_dict"])
         _assert_same_tensors(old["state_dict"], new["state_dict"], f"{name}:state_dict")
-        _assert_same_tensors(old["training_state"], new["training_state"], f"{name}:training_state")
+        old_state, new_state = old["training_state"], new["training_state"]
+        # added since: the run's record, every rank's RNG state, the mixed-precision state (off: no scaler)
+        assert new_state.pop("run")["seed"] == (1 if name.startswith("models/") else 0)
+        ranks = new_state.pop("rng_ranks")
+        assert len(ranks) == 1 and torch.equal(ranks[0]["torch"], new_state["rng"]["torch"])
+        assert new_state["trainer"].pop("precision") == {"mode": "off", "scaler": None}
+        new_state["rng"] = _as_old_rng_state(new_state["rng"])
+        _assert_same_tensors(old_state, new_state, f"{name}:training_state")
 
 
 def test_resumed_run_equals_the_uninterrupted_one_in_both_trees(runs):
+    """At this resume point the old loader draws cancel; exact resume in every case: tests/test_resume.py."""
     _, reference, today = runs
     for exp in (reference, today):
         path = os.path.join(exp, "models_transfer", "00000008.pth")

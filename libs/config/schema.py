@@ -12,6 +12,7 @@ from typing import Any
 
 from libs.datasets.embeddings import EMBEDDING_DIMS
 from libs.engine.evaluation import EVAL_MODES
+from libs.engine.precision import AMP_MODES
 from libs.engine.schedules import SCHEDULES
 from libs.losses import CONTENT_LOSSES, GAN_TYPES
 from libs.optimizers import OPTIMIZERS
@@ -222,6 +223,12 @@ SCHEMA: tuple = tuple([
          choices=CONTENT_LOSSES),
     _req("gan_type", "choice", "GAN loss (lsgan is the original's L1 on sigmoid scores).",
          choices=GAN_TYPES),
+    _new("amp", "choice", "off", "Mixed precision of training and evaluation (docs/method.md §8.7): off = float32 "
+         "(the faithful numbers), bf16 = bfloat16 autocast (CPU with AVX512-BF16/AMX, or CUDA), fp16 = float16 "
+         "autocast with a gradient scaler (CUDA); --amp overrides it.", choices=AMP_MODES),
+    _new("channels_last", "bool", False, "Run the convolutions in the channels-last (NHWC) memory layout (faster "
+         "with oneDNN on the CPU and with cuDNN's tensor cores; same maths, other float rounding); "
+         "--channels_last sets it."),
     _new("seed", "int", 0, "Seed of python, numpy and torch RNGs (a --seed flag, if given, takes precedence).",
          minimum=0),
     _new("eval_mode", "choice", "feature", "Evaluation protocol (docs/method.md §7): feature = the original's, argmax "

@@ -12,8 +12,9 @@ One confusion matrix over the test set in every mode, the same score function.
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import cv2
 import numpy as np
@@ -40,8 +41,12 @@ def predicted_ids(logits: torch.Tensor, num_seen: int, num_classes: int, calibra
 
 @torch.no_grad()
 def evaluate(model, loader, splits, device, *, mode: str = "feature", calibration: float = 0.0,
-             predictions_dir: Optional[str] = None, progress=None) -> dict:
+             predictions_dir: Optional[str] = None, progress=None,
+             autocast: Callable = contextlib.nullcontext) -> dict:
     """Scores of `model` (any method's: `predict(images) -> logits (N, C, h, w)`) on the test loader.
+
+    autocast: the context the forward pass runs in (mixed precision, libs/engine/precision.py); the argmax and
+    the calibration's softmax run on float32 logits.
 
     predictions_dir: write `<image id>.png` per image with the predicted raw label ids at the scoring resolution
     (a channel that is no class, such as CaGNet's dead one, is written as the void label 255).
@@ -58,7 +63,9 @@ def evaluate(model, loader, splits, device, *, mode: str = "feature", calibratio
         os.makedirs(predictions_dir, exist_ok=True)
     for images, raw_labels, image_ids in (progress(loader) if progress else loader):
         images = images.to(device, non_blocking=True)
-        logits = model.predict(images)
+        with autocast():
+            logits = model.predict(images)
+        logits = logits.float()
         if mode == "warped":
             logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
         pred = predicted_ids(logits, splits.num_seen, n, calibration)

@@ -22,6 +22,7 @@ from libs.engine.distributed import Processes, select_device, start_processes
 from libs.engine.evaluation import evaluate
 from libs.engine.loop import LoopHooks, fit
 from libs.engine.methods import get_method
+from libs.engine.precision import Precision
 from libs.engine.rng import rng_state, seed_everything, set_rng_state
 from libs.engine.schedules import TEST_LOG, Schedule, get_schedule
 from libs.io import log, progress_bar, setup_logging
@@ -45,6 +46,8 @@ class RunOptions:
     evaluate_only: bool = False
     eval_mode: Optional[str] = None       # overrides the config's eval_mode
     calibration: Optional[float] = None   # overrides the config's calibration
+    amp: Optional[str] = None             # overrides the config's amp
+    channels_last: Optional[bool] = None  # overrides the config's channels_last
 
 
 def experiment_dir(cfg: Config, experiment_id: str) -> str:
@@ -85,7 +88,18 @@ class Run:
         log_file = (os.path.join(cfg["save_path"], cfg["dataset"], TEST_LOG) if options.evaluate_only
                     else os.path.join(self.exp_dir, self.schedule.log_file))
         setup_logging(log_file if self.processes.is_main else None, quiet=not self.processes.is_main)
-        self.seed = cfg.value("seed", 0) if options.seed is None else options.seed
+        # A resume continues the run as it was started (seed, amp, ...): its checkpoint says how (§8.5).
+        self._resume_checkpoint = (read_checkpoint(self._checkpoint_path(options.resume_from))
+                                   if options.resume_from > 0 else None)
+        started = self._started_with(self._resume_checkpoint)
+        self.seed = self._run_input("seed", options.seed, cfg.value("seed", 0), started)
+        self.amp = self._run_input("amp", options.amp, cfg.value("amp", "off"), started)
+        self.channels_last = self._run_input("channels_last", options.channels_last,
+                                             cfg.value("channels_last", False), started)
+        self.precision = Precision(self.amp, self.device.type)
+        if self.amp == "fp16" and self.device.type == "cpu":
+            log.warning("--amp fp16 on the CPU: correct but slow unless the CPU has AVX512-FP16/AMX-FP16; "
+                        "--amp bf16 is the CPU's fast mode")
         seed_everything(self.seed)
         self.eval_mode = cfg["eval_mode"] if options.eval_mode is None else options.eval_mode
         self.calibration = cfg["calibration"] if options.calibration is None else options.calibration
@@ -106,6 +120,10 @@ class Run:
                 raise ValueError(f"{what} needs a model: pass --init_model (the config {self.config_path} has no "
                                  "init_model)")
         self.model.to(self.device)
+        if self.channels_last:
+            # NHWC convolutions (oneDNN on the CPU, cuDNN's tensor-core kernels): same maths, another memory
+            # layout; pixel matrices (models/ops.py:to_pixels) become views.
+            self.model.to(memory_format=torch.channels_last)
 
     # ---- building ---------------------------------------------------------------------------------------
     def _dataset(self, split: str, train: bool, seed: int) -> ZeroShotSegmentation:
@@ -121,20 +139,45 @@ class Run:
         return min(self.cfg["NUM_WORKERS"], os.cpu_count() or 1)
 
     def _test_loader(self) -> torch.utils.data.DataLoader:
+        # Own generator: iterating the test loader at a snapshot must not draw from the global torch RNG, whose
+        # state the checkpoint saved before the test (docs/method.md §8.5).
         return torch.utils.data.DataLoader(self.test_data, batch_size=self.cfg.value("BATCH_SIZE.TEST"),
                                            shuffle=False, num_workers=self._workers(),
-                                           pin_memory=self.device.type == "cuda")
+                                           pin_memory=self.device.type == "cuda", generator=torch.Generator())
 
     def _checkpoint_path(self, iteration: int) -> str:
         return os.path.join(self.model_dir, "%08d.pth" % iteration)
 
     # ---- save and restore of the whole run state ----------------------------------------------------------
+    def run_record(self) -> dict:
+        """Every input that defines the run beyond its config (plain types): a resume restores them."""
+        return {"seed": self.seed, "amp": self.amp, "channels_last": self.channels_last,
+                "world_size": self.processes.world_size, "init_model": self.init_model,
+                "eval_mode": self.eval_mode, "calibration": self.calibration}
+
+    @staticmethod
+    def _started_with(checkpoint) -> dict:
+        state = checkpoint.get("training_state") if isinstance(checkpoint, dict) else None
+        return dict(state.get("run", {})) if isinstance(state, dict) else {}
+
+    def _run_input(self, key: str, given, default, started: dict):
+        """A run-defining input: on resume the recorded one (a different explicit value is an error)."""
+        if key not in started:
+            return default if given is None else given
+        if given is not None and given != started[key]:
+            flag = f"--{key} {given}" if not isinstance(given, bool) else f"--{key}"
+            raise ValueError(f"--resume_from {self.options.resume_from}: the run was started with {key} "
+                             f"{started[key]!r}, not {flag}; resume without the flag (or with the same value)")
+        return started[key]
+
     def save(self, iteration: int) -> None:
-        """The checkpoint of `iteration`: the weights in the original layout, plus what an exact resume needs."""
+        """The checkpoint of `iteration`: the weights in the original layout, plus what an exact resume needs.
+        Called on every rank: each rank's RNG state goes into the file rank 0 writes."""
+        rng_ranks = self.processes.gather_objects(rng_state(self.device))
         if not self.processes.is_main:
             return
-        state = {"trainer": self.trainer.state_dict(), "stream": self.stream.state_dict(), "rng": rng_state(),
-                 "schedule": self.schedule.name}
+        state = {"trainer": self.trainer.state_dict(), "stream": self.stream.state_dict(), "rng": rng_ranks[0],
+                 "rng_ranks": rng_ranks, "run": self.run_record(), "schedule": self.schedule.name}
         path = self._checkpoint_path(iteration)
         atomic_save(snapshot(self.model, iteration, state, self.cfg.to_dict()), path)
         log.info("saved %s", path)
@@ -143,7 +186,8 @@ class Run:
         """Load the checkpoint of `iteration` into the model, trainer, data stream and RNGs; returns the
         iteration to continue from."""
         path = self._checkpoint_path(iteration)
-        checkpoint = read_checkpoint(path)
+        checkpoint = self._resume_checkpoint if self._resume_checkpoint is not None else read_checkpoint(path)
+        self._resume_checkpoint = None
         log.info(load_model_weights(self.model, checkpoint, path).summary())
         start = int(checkpoint["iteration"])
         state = checkpoint.get("training_state")
@@ -160,14 +204,27 @@ class Run:
             trainer_state.setdefault("num_pixels", state["num_pixels"])
         self.trainer.load_state_dict(trainer_state)
         self.stream.load_state_dict(state["stream"])
-        set_rng_state(state["rng"])
+        set_rng_state(self._rank_rng_state(state, path), self.device)
         return start
+
+    def _rank_rng_state(self, state: dict, path: str) -> dict:
+        """This rank's saved RNG state. The ranks keep their generators in the same state (models/shard.py), so
+        a run may resume with another number of processes; the states are compared to be sure."""
+        ranks = state.get("rng_ranks") or [state["rng"]]
+        world, rank = self.processes.world_size, self.processes.rank
+        if len(ranks) == world:
+            return ranks[rank]
+        if any(not torch.equal(r["torch"], ranks[0]["torch"]) for r in ranks):
+            raise ValueError(f"{path} was written by {len(ranks)} processes whose RNG states differ; resume it with "
+                             f"{len(ranks)} processes")
+        return ranks[0]
 
     # ---- evaluation ----------------------------------------------------------------------------------------
     def test_scores(self, loader, predictions_dir: Optional[str] = None, progress=None) -> dict:
         """The test set under this run's evaluation protocol (eval_mode, calibration)."""
         return evaluate(self.model, loader, self.splits, self.device, mode=self.eval_mode,
-                        calibration=self.calibration, predictions_dir=predictions_dir, progress=progress)
+                        calibration=self.calibration, predictions_dir=predictions_dir, progress=progress,
+                        autocast=self.precision.autocast)
 
     def evaluation_name(self) -> str:
         text = f"eval_mode {self.eval_mode}"
@@ -194,17 +251,17 @@ class Run:
         cfg, options = self.cfg, self.options
         processes = self.processes
         train_data = self._dataset("train", train=True, seed=self.seed)
-        self.trainer = self.method.from_config(cfg, self.model, self.splits, self.schedule,
-                                               processes.grad_sync if processes.enabled else None)
         self.stream = BatchStream(train_data, cfg.value("BATCH_SIZE.TRAIN"), self._workers(), self.seed,
                                   pin_memory=self.device.type == "cuda", rank=processes.rank,
                                   world_size=processes.world_size)
+        self.trainer = self.method.from_config(cfg, self.model, self.splits, self.schedule,
+                                               processes.data_parallel(self.device), self.precision)
         start = 0
         calibration = cfg.value("back.bn_calibration_batches", 0)
         if options.resume_from > 0:
             start = self.restore(options.resume_from)
         elif calibration > 0 and self.init_model is None:
-            self._calibrate_batchnorm(calibration)
+            self._calibrate_batchnorm(calibration, train_data)
         elif calibration > 0:
             log.info("back.bn_calibration_batches ignored: the BatchNorm statistics come from %s", self.init_model)
         if processes.is_main and options.resume_from <= 0:
@@ -221,14 +278,15 @@ class Run:
             processes.close()
 
     @torch.no_grad()
-    def _calibrate_batchnorm(self, batches: int) -> None:
-        """Frozen BatchNorm statistics of a from-scratch backbone from the first training batches; training still
-        starts at the first batch of the epoch."""
+    def _calibrate_batchnorm(self, batches: int, train_data) -> None:
+        """Frozen BatchNorm statistics of a from-scratch backbone from the first (global) training batches;
+        training still starts at the first batch of the epoch. Every rank computes them from the whole global
+        batches, so every rank gets the one-process statistics."""
+        stream = BatchStream(train_data, self.cfg.value("BATCH_SIZE.TRAIN"), self._workers(), self.seed)
         with FrozenBatchNorm2d.calibrating(self.model):
             for _ in range(batches):
-                self.model.calibration_forward(self.stream.next()[0].to(self.device))
+                self.model.calibration_forward(stream.next()[0].to(self.device))
         log.info("estimated the frozen BatchNorm statistics from %d training batches", batches)
-        self.stream.load_state_dict({"epoch": 0, "position": 0})
 
 
 class _RunHooks(LoopHooks):

@@ -6,11 +6,15 @@ import torch
 from libs import losses
 from libs.losses import (
     MMD_SIGMAS,
+    RunContext,
+    RunPiece,
+    RunSummary,
     classification_loss,
     discriminator_gan_loss,
     generator_gan_loss,
     gradient_penalty,
     mmd_content_loss,
+    plan_boundary_runs,
 )
 from models.ops import apply_1x1, to_pixels
 
@@ -283,3 +287,57 @@ def test_unused_content_losses_are_means_over_visible_pixels_and_channels():
     labels = torch.tensor([1, 1])
     assert l1_content_loss(fake, real, labels).item() == pytest.approx((1 + 2 + 0 + 4) / 4)
     assert mse_content_loss(fake, real, labels).item() == pytest.approx((1 + 4 + 0 + 16) / 4)
+
+
+# ---- several processes: runs that cross process boundaries (docs/method.md §3.5, §8.6) ------------------------
+def test_boundary_plan_by_hand():
+    # labels per process: [1 1 2] [2 2] [] [2 0] [0] -> global runs 1 1 | 2 2 2 2 2 | 0 0 : 3 runs
+    parts = [[1, 1, 2], [2, 2], [], [2, 0], [0]]
+    summaries = [RunSummary.of(torch.tensor(p, dtype=torch.long)) for p in parts]
+    assert summaries[0] == RunSummary(3, 1, 2, 2, 1, 2) and summaries[2] == RunSummary(0)
+    plans = [plan_boundary_runs(summaries, r) for r in range(5)]
+    assert {p.num_runs for p in plans} == {3}
+    assert plans[0].before == () and plans[0].after == (RunPiece(1, "first", 2), RunPiece(3, "first", 1))
+    assert plans[1].before == (RunPiece(0, "last", 1),) and plans[1].after == (RunPiece(3, "first", 1),)
+    assert plans[2].before == plans[2].after == ()                  # nothing visible: takes part in no run
+    assert plans[3].before == (RunPiece(0, "last", 1), RunPiece(1, "last", 2))
+    assert plans[3].after == (RunPiece(4, "first", 1),) and plans[4].after == ()
+
+
+def _sharded_mmd(fake, real, labels, cuts):
+    """Sum over simulated processes of their MMD parts (the others' pixels detached, as exchanged)."""
+    bounds = [0, *cuts, fake.shape[0]]
+    parts = [(fake[a:b], real[a:b], labels[a:b]) for a, b in zip(bounds, bounds[1:])]
+    summaries = [RunSummary.of(p[2]) for p in parts]
+
+    def rows(piece):
+        s = summaries[piece.rank]
+        cut = slice(0, s.first_len) if piece.which == "first" else slice(s.count - s.last_len, s.count)
+        return parts[piece.rank][0][cut].detach(), parts[piece.rank][1][cut]
+
+    def joined(pieces, i):
+        return torch.cat([rows(p)[i] for p in pieces]) if pieces else fake.new_zeros(0, fake.shape[1])
+
+    total = 0.0
+    for rank, (f, r, y) in enumerate(parts):
+        plan = plan_boundary_runs(summaries, rank)
+        context = RunContext(joined(plan.before, 0), joined(plan.before, 1), joined(plan.after, 0),
+                             joined(plan.after, 1), plan.num_runs)
+        value = mmd_content_loss(f, r, y, context=context)
+        total = total + (0.0 if value is None else value)
+    return total
+
+
+@pytest.mark.parametrize("cuts", [[8, 8, 25], [21, 22, 39], [4, 12, 22], [1, 2, 10], [24, 29, 30]])
+def test_mmd_split_over_processes_sums_to_the_global_loss_and_gradient(cuts):
+    g = torch.Generator().manual_seed(sum(cuts))
+    labels = torch.randint(0, 3, (40,), generator=g)
+    labels[5:15], labels[20:33] = 1, 2              # long runs, cut by several of the boundaries above
+    fake = torch.rand(40, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    real = torch.rand(40, 8, dtype=torch.float64, generator=g)
+    reference = mmd_content_loss(fake, real, labels)
+    expected, = torch.autograd.grad(reference, fake)
+    total = _sharded_mmd(fake, real, labels, cuts)
+    gradient, = torch.autograd.grad(total, fake)
+    assert total.item() == pytest.approx(reference.item(), rel=1e-12)
+    assert torch.allclose(gradient, expected, rtol=1e-10, atol=1e-14)

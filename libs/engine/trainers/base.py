@@ -8,16 +8,19 @@ reads a method's config keys.
 
 Gradient routing (docs/method.md §3.8): each network learns from its own loss only. `backward` limits a backward
 pass to one network's parameters (`inputs=`), so no pass walks a part of the graph whose gradients would be thrown
-away, and `update` is the one place a network's optimizer steps: it all-reduces the gradients first when several
-processes train together.
+away, and `update` is the one place a network's optimizer steps: when several processes train together it first
+waits for the sum of the gradients over the processes, whose all-reduces the backward pass has started
+(libs/engine/distributed.py). Mixed precision (libs/engine/precision.py) scales the losses before backward and
+unscales at the step when it uses a gradient scaler.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
+from libs.engine.precision import Precision
 from libs.engine.schedules import Schedule
 from libs.schedulers import training_phase
 
@@ -27,14 +30,18 @@ class Trainer:
 
     def __init__(self, model: nn.Module, optimizers: Dict[str, torch.optim.Optimizer], schedulers: Dict[str, object],
                  params: Dict[str, List[nn.Parameter]], *, schedule: Optional[Schedule] = None,
-                 intervals: Optional[Sequence] = None, grad_sync: Optional[Callable] = None):
+                 intervals: Optional[Sequence] = None, parallel=None, precision: Optional[Precision] = None):
         self.model = model
         self.optimizers = optimizers
         self.schedulers = schedulers
         self.params = params
         self.schedule = schedule
         self.intervals = tuple(intervals) if intervals is not None else None
-        self.grad_sync = grad_sync  # all-reduces gradients across processes (multi-GPU), or None
+        # the collectives of data-parallel training (libs/engine/distributed.py:DataParallel), or None
+        self.parallel = parallel
+        if parallel is not None:
+            parallel.watch(params, model)
+        self.precision = precision or Precision()
 
     # ---- built from a config (the only readers of a method's keys) ----------------------------------------
     @classmethod
@@ -43,7 +50,8 @@ class Trainer:
         raise NotImplementedError
 
     @classmethod
-    def from_config(cls, cfg, model: nn.Module, splits, schedule: Schedule, grad_sync=None) -> "Trainer":
+    def from_config(cls, cfg, model: nn.Module, splits, schedule: Schedule, parallel=None,
+                    precision: Optional[Precision] = None) -> "Trainer":
         """Optimizers with the schedule's learning rates, schedulers and loss weights for `model`."""
         raise NotImplementedError
 
@@ -73,8 +81,10 @@ class Trainer:
         """Gradients of `loss` for one network's parameters only; other networks' .grad stay untouched."""
         for p in self.params[net]:
             p.grad = None
+        if self.parallel is not None:
+            self.parallel.before_backward(net)
         if loss.requires_grad:
-            loss.backward(inputs=self.params[net], retain_graph=retain)
+            self.precision.backward(loss, self.params[net], retain)
         for p in self.params[net]:
             if p.grad is None:
                 # Faithful to the original: a network whose loss is identically 0 still steps with zero
@@ -82,23 +92,25 @@ class Trainer:
                 p.grad = torch.zeros_like(p)
 
     def update(self, net: str, scheduler_step: bool = True) -> None:
-        """Average the gradients over processes, step the network's optimizer, then (normally) its scheduler."""
-        if self.grad_sync is not None:
-            self.grad_sync(self.params[net])
-        self.optimizers[net].step()
+        """Sum the gradients over processes, step the network's optimizer, then (normally) its scheduler."""
+        if self.parallel is not None:
+            self.parallel.sync(net)
+        self.precision.step(self.optimizers[net])
         if scheduler_step:
             self.schedulers[net].step()
 
     # ---- state ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-                "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()}}
+                "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+                "precision": self.precision.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         for k, o in self.optimizers.items():
             o.load_state_dict(state["optimizers"][k])
         for k, s in self.schedulers.items():
             s.load_state_dict(state["schedulers"][k])
+        self.precision.load_state_dict(state.get("precision", {"mode": "off"}))
 
     def restart_schedules_at(self, iteration: int) -> None:
         """Resume from a weights-only checkpoint (the original's format): learning rates continue at the right

@@ -219,18 +219,6 @@ def test_batchnorm_calibration_uses_data_statistics(tiny_model):
     assert torch.equal(bn.running_var, frozen)
 
 
-def test_sharded_sampler_splits_each_epoch_between_ranks():
-    from libs.datasets.stream import ShardedSampler
-    shards = [ShardedSampler(11, seed=3, rank=r, world_size=3) for r in range(3)]
-    for s in shards:
-        s.set_epoch(2)
-    items = [list(s) for s in shards]
-    assert sorted(sum(items, [])) == list(range(11))
-    assert [len(s) for s in shards] == [4, 4, 3]
-    shards[0].set_epoch(2, start=1)
-    assert list(shards[0]) == items[0][1:]
-
-
 def test_self_training_skips_a_batch_without_seen_pixels_at_feature_resolution(tiny_model):
     model = tiny_model()
     trainer = make_trainer(model)

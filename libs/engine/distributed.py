@@ -2,7 +2,8 @@
 
 One process per GPU (`torchrun --nproc_per_node N train.py ... --multigpus --ngpu N`); each rank reads its own
 share of every epoch (libs/datasets/stream.py) and the gradients are averaged before every optimizer step
-(`Trainer.update`), as DistributedDataParallel does. Rank 0 writes checkpoints, logs and evaluates.
+(`Trainer.update`), as DistributedDataParallel does. Rank 0 writes checkpoints and logs; evaluation is sharded:
+every rank scores its share of the test set (`shard`) and the confusion matrices are summed (`all_reduce_sum`).
 """
 from __future__ import annotations
 
@@ -36,6 +37,19 @@ class Processes:
         for g in grads:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
+
+    def shard(self, num_items: int) -> list:
+        """This process's share of items 0..num_items-1 for evaluation: every world_size-th item from its rank.
+        The shares are disjoint and cover every item once (no padding, no duplicates, unlike
+        DistributedSampler), so summed confusion matrices equal one process's."""
+        return list(range(self.rank, int(num_items), self.world_size))
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum `tensor` over the processes, in place (a no-op for a single process); returns it."""
+        if self.enabled:
+            import torch.distributed as dist
+            dist.all_reduce(tensor)
+        return tensor
 
     def close(self) -> None:
         if self.enabled:

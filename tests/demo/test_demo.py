@@ -9,6 +9,7 @@ import yaml
 from PIL import Image
 
 from demo import run as run_demo
+from demo import seeds as demo_seeds
 from libs.config import load_config
 from tests.e2e_config import ROOT
 
@@ -70,3 +71,25 @@ def test_demo_writes_the_picture_and_the_side_by_side_table(demo):
     assert picture.ndim == 3 and picture.shape[0] > 6 * 64 and picture.shape[1] > 4 * 64
     summary = (out / "summary.txt").read_text()
     assert "step1" in summary and "mixed" in summary and "U-mIoU" in summary and "hIoU" in summary
+
+
+def test_seeds_script_summarises_both_modes_over_training_seeds(demo):
+    tmp, out, scores = demo
+    seeds_out = tmp / "seeds"
+    entries = demo_seeds.main(["--seeds", "0", "1", "--config", str(tmp / "demo.yaml"), "--finetune_config",
+                               str(tmp / "demo_finetune.yaml"), "--out", str(seeds_out), "--n_train", "40",
+                               "--n_test", "20", "--step1_iters", "40", "--mixed_iters", "30", "--device", "cpu"])
+    assert [(e["stage"], e["eval_mode"]) for e in entries] == [
+        ("step1", "feature"), ("step1", "full"), ("mixed", "feature"), ("mixed", "full")]
+    assert all(len(e["files"]) == 2 and e["scores"]["hIoU"]["n"] == 2 for e in entries)
+    runs = {s: json.load(open(seeds_out / f"seed{s}" / "scores_mixed.json")) for s in (0, 1)}
+    # the data are the same (data seed 0, already complete) and training is deterministic: seed 0 repeats the demo
+    assert runs[0]["mIoU"] == scores["mixed"]["mIoU"] and runs[0]["U-mIoU"] == scores["mixed"]["U-mIoU"]
+    assert runs[1]["mIoU"] != runs[0]["mIoU"]
+    full = json.load(open(seeds_out / "seed1" / "scores_mixed_full.json"))
+    assert full["eval_mode"] == "full" and "freqw_acc_harmonic" in full
+    mixed_full = entries[3]["scores"]["mIoU"]
+    assert mixed_full["min"] <= mixed_full["mean"] <= mixed_full["max"] and mixed_full["std"] is not None
+    summary = (seeds_out / "summary.md").read_text()
+    assert "### mixed, eval_mode full" in summary and "| hIoU |" in summary
+    assert len(os.listdir(seeds_out / "seed1" / "predictions_mixed_full")) == 20

@@ -189,8 +189,8 @@ class Run:
         """--val: the test set once (sharded over the processes under torchrun); the paper's table and all 16
         scores in the log, the scores as JSON and the per-class values as CSV beside it (`class_csv_path`)."""
         try:
-            scores = self.test_scores(self._test_loader(save_colour), predictions_dir, progress_bar("test"),
-                                      save_colour)
+            scores = self.test_scores(self._test_loader(save_colour), predictions_dir,
+                                      progress_bar("test") if self.processes.is_main else None, save_colour)
         finally:
             self.processes.close()
         names = self.splits.test_names

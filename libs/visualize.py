@@ -138,28 +138,32 @@ def blend(image, labels, alpha=0.5, palette=None):
 
 
 def draw_overlay(image, labels, class_names, seen_ids, unseen_ids, alpha=0.5, min_side=256,
-                 other_title='other classes', heading='prediction'):
-    """One picture of a prediction: the image with the class colours blended in (`blend`), a legend on the
-    right listing the classes present, seen and unseen apart (unseen marked), ids in neither list under
-    `other_title`, and void (no class) when present.
+                 other_title='other classes', heading='prediction', with_input=True):
+    """One picture of a prediction: the image (with `with_input`), the image with the class colours blended in
+    (`blend`) beside it, and a legend on the right listing the classes present, seen and unseen apart (unseen
+    marked), ids in neither list under `other_title`, and void (no class) when present.
 
     image: (H, W, 3) uint8 BGR; labels: (h, w) ids of `class_names` (raw ids), any size. An image whose longer
     side is below `min_side` is enlarged by an integer factor (nearest neighbour) so the legend fits beside it.
-    Returns the (H', W', 3) uint8 BGR canvas.
+    Returns the (H', W', 3) uint8 BGR canvas: panels at x = PAD and (with the input) x = 2 * PAD + width.
     """
     palette = label_palette()
-    over = blend(image, labels, alpha, palette)
-    h, w = over.shape[:2]
+    panels = [np.asarray(image, np.uint8)] if with_input else []
+    panels.append(blend(image, labels, alpha, palette))
+    h, w = panels[0].shape[:2]
     factor = max(1, -(-int(min_side) // max(h, w)))
     if factor > 1:
-        over = cv2.resize(over, (w * factor, h * factor), interpolation=cv2.INTER_NEAREST)
+        panels = [cv2.resize(p, (w * factor, h * factor), interpolation=cv2.INTER_NEAREST) for p in panels]
     present = {int(v) for v in np.unique(np.asarray(labels))}
     legend = _legend_lines(present, class_names, seen_ids, unseen_ids, False, other_title, not_scored=False)
     legend_h = PAD + (len(legend) + 1) * LEGEND_LINE_H + PAD
-    oh, ow = over.shape[:2]
-    canvas = np.full((max(oh + 2 * PAD, legend_h), ow + 2 * PAD + LEGEND_W, 3), 255, np.uint8)
-    canvas[PAD:PAD + oh, PAD:PAD + ow] = over
-    _draw_legend(canvas, legend, ow + 2 * PAD, PAD, palette, heading)
+    oh, ow = panels[0].shape[:2]
+    width = PAD + len(panels) * (ow + PAD)
+    canvas = np.full((max(oh + 2 * PAD, legend_h), width + LEGEND_W, 3), 255, np.uint8)
+    for i, panel in enumerate(panels):
+        x = PAD + i * (ow + PAD)
+        canvas[PAD:PAD + oh, x:x + ow] = panel
+    _draw_legend(canvas, legend, width, PAD, palette, heading)
     return canvas
 
 

@@ -140,6 +140,10 @@ def test_bad_invocations_fail_with_clear_messages(pipeline):
     assert proc.returncode != 0 and "missing.pth" in proc.stderr
     proc = run("--config", cfg["step1"], "--schedule", "step1", "--resume_from", "5", expect_ok=False)
     assert proc.returncode == 2 and "00000005.pth" in proc.stderr
+    proc = run("--config", cfg["step1"], "--val", "--save_colour", expect_ok=False)
+    assert proc.returncode == 2 and "--save_colour needs --save_predictions" in proc.stderr
+    proc = run("--config", cfg["step1"], "--val", "--eval_mode", "native", expect_ok=False)
+    assert proc.returncode == 2 and "invalid choice: 'native'" in proc.stderr
 
 
 def test_val_full_mode_writes_all_scores_the_class_csv_and_colour_pictures(pipeline):

@@ -3,15 +3,18 @@ through demo/run.py and train.py with the demo configs (redirected to a temporar
 import json
 import os
 
+import cv2
 import numpy as np
 import pytest
 import yaml
 from PIL import Image
 
+import train
 from demo import run as run_demo
 from demo import seeds as demo_seeds
 from libs.config import load_config
 from tests.e2e_config import ROOT
+from tools import predict
 
 pytestmark = pytest.mark.slow   # subprocess runs of train.py / torchrun / the demo
 
@@ -93,3 +96,29 @@ def test_seeds_script_summarises_both_modes_over_training_seeds(demo):
     summary = (seeds_out / "summary.md").read_text()
     assert "### mixed, eval_mode full" in summary and "| hIoU |" in summary
     assert len(os.listdir(seeds_out / "seed1" / "predictions_mixed_full")) == 20
+
+
+def test_predict_segments_the_demo_test_images_and_other_images(demo):
+    """tools/predict.py on the demo's mixed model: the test images get exactly the labels of --val --eval_mode
+    full, and images of other sizes and formats made from them are segmented at their own size."""
+    tmp, out, _ = demo
+    model = tmp / "Results" / "demo" / "0" / "models_transfer" / "00000030.pth"
+    val_dir = tmp / "data" / "demo" / "images" / "val"
+    train.main(["--config", str(tmp / "demo_finetune.yaml"), "--init_model", str(model), "--val", "--eval_mode",
+                "full", "--results_json", str(tmp / "full.json"), "--save_predictions", str(tmp / "full"),
+                "--device", "cpu"])
+    mine = tmp / "mine"
+    mine.mkdir()
+    images = [cv2.imread(str(val_dir / name)) for name in sorted(os.listdir(val_dir))[:4]]
+    cv2.imwrite(str(mine / "tiled.jpg"), cv2.resize(np.vstack([np.hstack(images[:2]), np.hstack(images[2:])]),
+                                                    (200, 150)))
+    cv2.imwrite(str(mine / "wide.png"), cv2.resize(images[0], (300, 90)))
+    predict.main(["--config", str(tmp / "demo_finetune.yaml"), "--checkpoint", str(model), str(val_dir), str(mine),
+                  "--out", str(tmp / "predict"), "--device", "cpu"])
+    for name in sorted(os.listdir(val_dir)):
+        stem = os.path.splitext(name)[0]
+        assert np.array_equal(np.array(Image.open(tmp / "predict" / f"{stem}.png")),
+                              np.array(Image.open(tmp / "full" / f"{stem}.png"))), stem
+    assert np.array(Image.open(tmp / "predict" / "tiled.png")).shape == (150, 200)
+    assert np.array(Image.open(tmp / "predict" / "wide.png")).shape == (90, 300)
+    assert (tmp / "predict" / "overlay" / "tiled.png").is_file()

@@ -200,8 +200,11 @@ def test_colour_predictions_use_the_palette_and_overlay_the_image(hand_built, tm
         factor = -(-256 // max(raw.shape))             # enlarged to a 256-pixel longer side, legend beside it
         h, w = raw.shape[0] * factor, raw.shape[1] * factor
         blended = cv2.resize(blend(image, raw), (w, h), interpolation=cv2.INTER_NEAREST)
-        assert np.array_equal(overlay[PAD:PAD + h, PAD:PAD + w], blended)
-        assert overlay.shape[1] == w + 2 * PAD + LEGEND_W
+        # the input, the blended prediction beside it, then the legend
+        assert np.array_equal(overlay[PAD:PAD + h, PAD:PAD + w], cv2.resize(image, (w, h),
+                                                                             interpolation=cv2.INTER_NEAREST))
+        assert np.array_equal(overlay[PAD:PAD + h, 2 * PAD + w:2 * PAD + 2 * w], blended)
+        assert overlay.shape[1] == 2 * w + 3 * PAD + LEGEND_W
         # blending: half image, half class colour where a class is predicted
         y, x = 0, 0
         assert np.allclose(blended[y, x].astype(float), (image[y, x] / 2 + palette[raw[y, x]] / 2), atol=1)

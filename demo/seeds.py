@@ -16,6 +16,7 @@ from collections import OrderedDict
 
 from demo import run as run_demo
 from libs.io import atomic_write
+from libs.metrics import JSON_KEYS
 from tools import summarize_runs
 
 MODES = ("feature", "full")
@@ -43,6 +44,20 @@ def results_file(out: str, seed: int, stage: str, mode: str) -> str:
     return os.path.join(out, f"seed{seed}", f"scores_{stage}{'' if mode == 'feature' else '_' + mode}.json")
 
 
+def headline_table(entries) -> str:
+    """Markdown: the paper's six scores (rows) per stage and mode (columns), mean ± std (min – max)."""
+    def cell(stat):
+        if stat["mean"] is None:
+            return "—"
+        spread = "" if stat["std"] is None else f" ± {stat['std']:.4f}"
+        return f"{stat['mean']:.4f}{spread} ({stat['min']:.4f} – {stat['max']:.4f})"
+    header = "| score | " + " | ".join(f"{e['stage']}, {e['eval_mode']}" for e in entries) + " |"
+    lines = [header, "|---" * (len(entries) + 1) + "|"]
+    for key in JSON_KEYS:
+        lines.append(f"| {key} | " + " | ".join(cell(e["scores"][key]) for e in entries) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> list:
     args = parse_args(argv)
     shared = ["--config", args.config, "--finetune_config", args.finetune_config, "--n_train", str(args.n_train),
@@ -64,9 +79,11 @@ def main(argv=None) -> list:
             entry["stage"] = stage
             entries.append(entry)
             blocks.append(f"### {stage}, eval_mode {mode}\n\n{summarize_runs.markdown_table(entry)}")
-            print(f"\n{stage}: {summarize_runs.title(entry)}\n{summarize_runs.text_table(entry)}")
     seeds = ", ".join(str(s) for s in args.seeds)
-    text = (f"# The demo over training seeds {seeds} (data seed {args.data_seed})\n\n" + "\n\n".join(blocks) + "\n")
+    headline = headline_table(entries)
+    print(f"\nThe demo over training seeds {seeds}: mean ± std (min – max)\n{headline}")
+    text = (f"# The demo over training seeds {seeds} (data seed {args.data_seed})\n\nMean ± std (min – max) "
+            f"over the seeds; every score and class below.\n\n{headline}\n\n" + "\n\n".join(blocks) + "\n")
     atomic_write(os.path.join(args.out, "summary.md"), lambda f: f.write(text), binary=False)
     atomic_write(os.path.join(args.out, "summary.json"),
                  lambda f: json.dump(entries, f, indent=2), binary=False)

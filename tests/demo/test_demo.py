@@ -95,6 +95,9 @@ def test_seeds_script_summarises_both_modes_over_training_seeds(demo):
     assert mixed_full["min"] <= mixed_full["mean"] <= mixed_full["max"] and mixed_full["std"] is not None
     summary = (seeds_out / "summary.md").read_text()
     assert "### mixed, eval_mode full" in summary and "| hIoU |" in summary
+    assert "| score | step1, feature | step1, full | mixed, feature | mixed, full |" in summary
+    u = entries[2]["scores"]["U-mIoU"]
+    assert f"| U-mIoU | {entries[0]['scores']['U-mIoU']['mean']:.4f}" in summary and f"{u['mean']:.4f} ± " in summary
     assert len(os.listdir(seeds_out / "seed1" / "predictions_mixed_full")) == 20
 
 

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv test test-fast lint demo clean-demo benchmark
+.PHONY: venv test test-fast lint demo demo-seeds clean-demo benchmark
 
 venv: $(VENV)/.installed
 
@@ -26,6 +26,10 @@ lint: venv
 
 demo: venv
 	$(PY) -m demo
+
+# The demo over training seeds 0 1 2 (same data), both evaluation modes, mean ± std in demo_output/seeds/summary.md.
+demo-seeds: venv
+	$(PY) -m demo.seeds
 
 clean-demo:
 	rm -rf dataset/demo Results/demo demo_output

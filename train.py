@@ -3,6 +3,7 @@
     python train.py --config ./configs/voc12.yaml --schedule step1
     python train.py --config ./configs/voc12_finetune.yaml --schedule mixed
     python train.py --config ./configs/voc12.yaml --init_model ./trained_models/voc12_ourbest.pth --val
+    python train.py --config ./configs/voc12.yaml --init_model ./trained_models/voc12_ourbest.pth --val --eval_mode full
     torchrun --nproc_per_node 4 train.py --config ./configs/voc12.yaml --schedule step1 --multigpus --ngpu 4
 """
 from __future__ import annotations
@@ -28,7 +29,8 @@ def parse_args(argv=None):
     parser.add_argument("--init_model", default="none", help="checkpoint to start from (overrides init_model)")
     parser.add_argument("--val", action="store_true", help="evaluate --init_model on the test set only")
     parser.add_argument("--multigpus", action="store_true",
-                        help="data-parallel training over the processes started by torchrun")
+                        help="data-parallel training, and sharded evaluation with --val, over the processes "
+                             "started by torchrun")
     parser.add_argument("--ngpu", type=int, default=0,
                         help="GPU id (single GPU) or number of GPUs (with --multigpus)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -38,8 +40,12 @@ def parse_args(argv=None):
                         help="--val: write the scores here (default Results/<dataset>/<experimentid>/results_val.json)")
     parser.add_argument("--save_predictions", default=None,
                         help="--val: write <image id>.png with predicted raw label ids into this folder")
+    parser.add_argument("--save_colour", action="store_true",
+                        help="with --save_predictions: also colour/<image id>.png (the palette) and "
+                             "overlay/<image id>.png (the prediction on the image, with a legend)")
     parser.add_argument("--eval_mode", default=None, choices=EVAL_MODES,
-                        help="evaluation protocol (default: the config's eval_mode, feature = the original's)")
+                        help="evaluation protocol (default: the config's eval_mode): feature = the original's "
+                             "(65x65), warped = at the 513x513 network input, full = at each image's original size")
     parser.add_argument("--calibrate", type=float, default=None, metavar="GAMMA",
                         help="calibrated stacking: subtract GAMMA from the seen classes' probabilities "
                              "(default: the config's calibration, 0)")
@@ -56,6 +62,8 @@ def parse_args(argv=None):
         parser.error(f"--init_model {args.init_model!r} does not exist")
     if not args.val and (args.results_json or args.save_predictions):
         parser.error("--results_json and --save_predictions apply to --val")
+    if args.save_colour and not args.save_predictions:
+        parser.error("--save_colour needs --save_predictions DIR (the pictures go to DIR/colour and DIR/overlay)")
     if args.calibrate is not None and not 0 <= args.calibrate <= 1:
         parser.error(f"--calibrate {args.calibrate}: expected a value in [0, 1] (subtracted from probabilities)")
     return args
@@ -70,7 +78,7 @@ def main(argv=None) -> int:
                          amp=args.amp, channels_last=args.channels_last)
     run = Run(run_config(args.config, options), options, args.config)
     if args.val:
-        run.evaluate(args.results_json, args.save_predictions)
+        run.evaluate(args.results_json, args.save_predictions, args.save_colour)
     else:
         run.train()
     return 0

@@ -3,8 +3,9 @@
   1. generate the synthetic benchmark into dataset/demo/ (once; skipped when present),
   2. train step 1 on the seen classes (configs/demo.yaml),
   3. finetune with the mixed schedule (configs/demo_finetune.yaml),
-  4. evaluate both models, print the paper-style table side by side and draw input / ground truth /
-     step-1 prediction / mixed prediction for a few test images into demo_output/predictions.png.
+  4. evaluate both models (`--eval_modes`, default the original's feature mode), print the paper-style table side
+     by side and draw input / ground truth / step-1 prediction / mixed prediction for a few test images into
+     demo_output/predictions.png.
 
 Every stage goes through train.py with the same code as the paper's configs. Run it from the repository root
 (`python -m demo`, or `make demo`): the demo configs name their folders relative to it.
@@ -17,6 +18,7 @@ import time
 import train
 from demo.data import generate_demo, is_complete
 from libs.config import iter_max, load_config
+from libs.engine.evaluation import EVAL_MODES
 from libs.engine.precision import AMP_MODES
 from libs.engine.run import experiment_dir
 from libs.engine.schedules import get_schedule
@@ -30,7 +32,12 @@ def parse_args(argv=None):
     parser.add_argument("--finetune_config", default="configs/demo_finetune.yaml", help="mixed-schedule config")
     parser.add_argument("--out", default="demo_output", help="folder for the scores, predictions and picture")
     parser.add_argument("--experimentid", default="0", help="experiment id under Results/demo/")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data generation and of training")
+    parser.add_argument("--seed", type=int, default=0, help="seed of training (and of the data unless --data_seed)")
+    parser.add_argument("--data_seed", type=int, default=None,
+                        help="seed of the data generation (default: --seed); keep it fixed to compare training seeds")
+    parser.add_argument("--eval_modes", nargs="+", default=["feature"], choices=EVAL_MODES,
+                        help="evaluation protocols of each model (default: feature, the original's); the scores of "
+                             "mode M other than feature go to scores_<stage>_M.json")
     parser.add_argument("--n_train", type=int, default=1200, help="training images to generate")
     parser.add_argument("--n_test", type=int, default=200, help="test images to generate")
     parser.add_argument("--step1_iters", type=int, default=None, help="shorten step 1 (default: the config's)")
@@ -47,11 +54,12 @@ def main(argv=None) -> dict:
     start = time.time()
     step1_cfg = load_config(args.config)
     data_root = step1_cfg["ROOT"]
-    if is_complete(data_root, seed=args.seed, n_train=args.n_train, n_test=args.n_test):
+    data_seed = args.seed if args.data_seed is None else args.data_seed
+    if is_complete(data_root, seed=data_seed, n_train=args.n_train, n_test=args.n_test):
         print(f"demo data: {data_root} is complete")
     else:
         print(f"demo data: generating {args.n_train} training and {args.n_test} test images into {data_root}")
-        generate_demo(data_root, seed=args.seed, n_train=args.n_train, n_test=args.n_test, progress=True)
+        generate_demo(data_root, seed=data_seed, n_train=args.n_train, n_test=args.n_test, progress=True)
 
     common = ["--experimentid", args.experimentid, "--seed", str(args.seed), "--device", args.device]
     common += (["--amp", args.amp] if args.amp else []) + (["--channels_last"] if args.channels_last else [])
@@ -70,12 +78,14 @@ def main(argv=None) -> dict:
         code = train.main(train_args)
         if code:
             raise SystemExit(code)
-        print(f"\n== {name}: evaluation ==")
-        results = os.path.join(args.out, f"scores_{name}.json")
-        train.main(["--config", config, "--init_model", model, "--val", "--results_json", results,
-                    "--save_predictions", os.path.join(args.out, f"predictions_{name}"), *common])
-        with open(results) as handle:
-            scores[name] = json.load(handle)
+        for mode in args.eval_modes:
+            column = name if mode == "feature" else f"{name}_{mode}"
+            print(f"\n== {name}: evaluation (eval_mode {mode}) ==")
+            results = os.path.join(args.out, f"scores_{column}.json")
+            train.main(["--config", config, "--init_model", model, "--val", "--eval_mode", mode, "--results_json",
+                        results, "--save_predictions", os.path.join(args.out, f"predictions_{column}"), *common])
+            with open(results) as handle:
+                scores[column] = json.load(handle)
 
     stage("step1", ["--config", args.config, "--schedule", "step1", "--max_iter", str(step1_iters), *common],
           step1_model, args.config)
@@ -83,9 +93,10 @@ def main(argv=None) -> dict:
                     "--max_iter", str(mixed_iters), *common], mixed_model, args.finetune_config)
 
     picture = os.path.join(args.out, "predictions.png")
-    visualize_predictions.main(["--root", data_root, "--split", "val", "--num", "6", "--out", picture,
-                                "--pred", f"step1={os.path.join(args.out, 'predictions_step1')}",
-                                "--pred", f"mixed={os.path.join(args.out, 'predictions_mixed')}"])
+    column = "{}" if args.eval_modes[0] == "feature" else "{}_" + args.eval_modes[0]
+    visualize_predictions.main(["--root", data_root, "--split", "val", "--num", "6", "--out", picture, *[
+        item for stage in ("step1", "mixed")
+        for item in ("--pred", f"{stage}={os.path.join(args.out, 'predictions_' + column.format(stage))}")]])
     table = format_score_table(scores)
     minutes = (time.time() - start) / 60
     summary = (f"\nCaGNet on the synthetic zero-shot demo (unseen: potted_plant, sheep, sofa, train, tv)\n{table}\n"

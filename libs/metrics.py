@@ -2,14 +2,15 @@
 
 Evaluation accumulates one confusion matrix over the whole test set on the device with
 ``torch.bincount`` (:func:`update_confusion`); :func:`gzsl_scores` turns it into the paper's numbers
-with the original's NaN semantics; :func:`format_score_table` and :func:`scores_to_json` present them.
+with the original's NaN semantics; :func:`format_score_table` (the paper's six), :func:`format_all_scores` (all
+16), :func:`scores_to_json` and :func:`class_table` (per class, with pixel counts) present them.
 
 Matrix layout: rows = ground-truth test id, columns = predicted test id, n = S + U classes. The matrix
 may carry one extra column (shape (n, n + 1)) that counts predictions outside 0..n-1, i.e. the dead
 classifier channel C - 1 = n; see :func:`update_confusion`.
 """
 import math
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +24,15 @@ TABLE_ROWS = (
     ("U-mIoU", "U-mIoU"),
 )
 JSON_KEYS = ("hIoU", "mIoU", "pixel_acc", "mean_acc", "S-mIoU", "U-mIoU")
+# The 16 scores of gzsl_scores as (family label, overall, seen, unseen, harmonic) keys (docs/method.md §7.3).
+SCORE_FAMILIES = (
+    ("pixel acc.", "pixel_acc", "pixel_acc_seen", "pixel_acc_unseen", "pixel_acc_harmonic"),
+    ("mean acc.", "mean_acc", "mean_acc_seen", "mean_acc_unseen", "mean_acc_harmonic"),
+    ("freq.-weighted IoU", "freqw_acc", "freqw_acc_seen", "freqw_acc_unseen", "freqw_acc_harmonic"),
+    ("IoU", "mIoU", "S-mIoU", "U-mIoU", "hIoU"),
+)
+# Every scalar score: the paper's six first (the JSON's historical keys), then the other ten.
+SCORE_KEYS = JSON_KEYS + tuple(key for family in SCORE_FAMILIES for key in family[1:] if key not in JSON_KEYS)
 
 
 def new_confusion(num_classes: int, device=None, miss_column: bool = True) -> torch.Tensor:
@@ -185,20 +195,47 @@ def format_score_table(scores_by_column: Dict[str, dict], class_names: Optional[
     return text
 
 
+def format_all_scores(scores: dict) -> str:
+    """The 16 scores as a table: rows pixel acc. / mean acc. / freq.-weighted IoU / IoU, columns overall, seen,
+    unseen, harmonic (the IoU row's harmonic is hIoU)."""
+    body = [[label] + [_fmt(scores[key]) for key in keys] for label, *keys in SCORE_FAMILIES]
+    return _table(["score", "overall", "seen", "unseen", "harmonic"], body)
+
+
+def class_table(confusion, num_seen: int, class_names: Sequence[str]) -> List[dict]:
+    """One row per class (test-id order) from a confusion matrix (n, n) or (n, n + 1): test id, name, split
+    (seen/unseen), IoU, accuracy (recall), GT pixels (its row, misses included) and predicted pixels (its
+    column); IoU and accuracy NaN as in :func:`gzsl_scores`."""
+    if isinstance(confusion, torch.Tensor):
+        confusion = confusion.detach().cpu().numpy()
+    hist = np.asarray(confusion, dtype=np.int64)
+    n = hist.shape[0]
+    if len(class_names) != n:
+        raise ValueError(f"class_names has {len(class_names)} names but the confusion matrix has {n} classes")
+    scores = gzsl_scores(hist, num_seen)
+    gt_pixels, predicted = hist.sum(axis=1), hist[:, :n].sum(axis=0)
+    return [{"test_id": c, "class": str(class_names[c]), "split": "seen" if c < num_seen else "unseen",
+             "IoU": float(scores["class_iou"][c]), "accuracy": float(scores["class_acc"][c]),
+             "gt_pixels": int(gt_pixels[c]), "predicted_pixels": int(predicted[c])} for c in range(n)]
+
+
 def _json_float(value):
     value = float(value)
     return None if math.isnan(value) else value
 
 
-def scores_to_json(scores: dict, class_names: Optional[Sequence[str]] = None) -> dict:
+def scores_to_json(scores: dict, class_names: Optional[Sequence[str]] = None, all_scores: bool = False) -> dict:
     """JSON-ready summary: hIoU, mIoU, pixel_acc, mean_acc, S-mIoU, U-mIoU as Python floats and
     class_iou as {name: IoU}; NaN becomes None (JSON has no NaN). Without names the keys are the
-    test ids as strings."""
+    test ids as strings. all_scores: also the other ten scores (SCORE_KEYS, gzsl_scores' names) and
+    class_acc as {name: accuracy}."""
     class_iou = scores["class_iou"]
     if class_names is None:
         class_names = [str(i) for i in range(len(class_iou))]
     if len(class_names) != len(class_iou):
         raise ValueError(f"class_names has {len(class_names)} names but the scores have {len(class_iou)} classes")
-    out = {key: _json_float(scores[key]) for key in JSON_KEYS}
+    out = {key: _json_float(scores[key]) for key in (SCORE_KEYS if all_scores else JSON_KEYS)}
     out["class_iou"] = {str(name): _json_float(v) for name, v in zip(class_names, class_iou)}
+    if all_scores:
+        out["class_acc"] = {str(name): _json_float(v) for name, v in zip(class_names, scores["class_acc"])}
     return out

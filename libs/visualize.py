@@ -1,4 +1,6 @@
-"""Colour label maps and draw a grid of input / ground truth / predictions with a seen/unseen legend.
+"""Colour label maps, draw a grid of input / ground truth / predictions with a seen/unseen legend, and one
+prediction blended into its image with a legend (the pictures of --save_colour and tools/predict.py). The one
+palette of every tool is `label_palette`.
 
 Everything here works on OpenCV-style images: uint8 (H, W, 3) in **BGR** order. Label maps hold raw label
 ids (0 = background, 255 = void/ignored).
@@ -79,8 +81,10 @@ def grid_layout(n_rows, n_cols, cell_hw, n_legend_lines, row_titles=False):
     return {'size': (max(grid_h, legend_h), grid_w + LEGEND_W), 'cells': cells, 'legend_xy': (grid_w, PAD)}
 
 
-def _legend_lines(present, class_names, seen_ids, unseen_ids, masked):
-    """[(text, colour id or None)] for the legend: a seen block then an unseen block, present classes only."""
+def _legend_lines(present, class_names, seen_ids, unseen_ids, masked, other_title='other', not_scored=True):
+    """[(text, colour id or None)] for the legend: a seen block then an unseen block, present classes only; ids
+    in neither list under `other_title`; with `not_scored` the background and void entries of a label grid,
+    otherwise a void entry only when void is present (a prediction of no class)."""
     lines = []
     seen = [c for c in seen_ids if c in present]
     unseen = [c for c in unseen_ids if c in present]
@@ -92,12 +96,83 @@ def _legend_lines(present, class_names, seen_ids, unseen_ids, masked):
         lines += [(f'{class_names[c]} (unseen)', c) for c in unseen]
     others = sorted(c for c in present if c not in seen_ids and c not in unseen_ids and c not in (0, VOID))
     if others:
-        lines.append(('other', None))
+        lines.append((other_title, None))
         lines += [(class_names[c] if c < len(class_names) else str(c), c) for c in others]
-    lines.append(('not scored', None))
-    lines.append(('background' + (' (masked)' if masked else ''), 0))
-    lines.append(('void / ignored', VOID))
+    if not_scored:
+        lines.append(('not scored', None))
+        lines.append(('background' + (' (masked)' if masked else ''), 0))
+        lines.append(('void / ignored', VOID))
+    elif VOID in present:
+        lines.append(('no class (void)', VOID))
     return lines
+
+
+def _draw_legend(canvas, legend, lx, ly, palette, heading='legend'):
+    cv2.putText(canvas, heading, (lx, ly + LEGEND_LINE_H - 5), FONT, 0.5, TEXT, 1, cv2.LINE_AA)
+    for i, (text, cid) in enumerate(legend, start=1):
+        y = ly + i * LEGEND_LINE_H
+        if cid is None:
+            cv2.putText(canvas, text, (lx, y + LEGEND_LINE_H - 5), FONT, 0.42, TEXT, 1, cv2.LINE_AA)
+            continue
+        sy = y + (LEGEND_LINE_H - SWATCH) // 2
+        canvas[sy:sy + SWATCH, lx + 8:lx + 8 + SWATCH] = palette[cid]
+        cv2.rectangle(canvas, (lx + 8, sy), (lx + 8 + SWATCH - 1, sy + SWATCH - 1), (120, 120, 120), 1)
+        cv2.putText(canvas, text, (lx + 8 + SWATCH + 6, y + LEGEND_LINE_H - 5), FONT, 0.42, TEXT, 1,
+                    cv2.LINE_AA)
+
+
+def blend(image, labels, alpha=0.5, palette=None):
+    """The image (H, W, 3) uint8 BGR with each labelled pixel mixed with its class colour: (1 - alpha) * image
+    + alpha * colour; void (255) pixels keep the image. labels: (H, W) ids, resized by nearest neighbour to the
+    image when their size differs (e.g. a prediction at the metric resolution)."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f'blend: expected a (H, W, 3) uint8 image, got shape {image.shape} dtype {image.dtype}')
+    if not 0 <= alpha <= 1:
+        raise ValueError(f'blend: alpha must lie in [0, 1], got {alpha}')
+    labels = nearest_resize(np.asarray(labels), image.shape[:2])
+    colours = colorize(labels, palette).astype(np.float32)
+    mixed = (1.0 - alpha) * image.astype(np.float32) + alpha * colours
+    out = np.where((labels == VOID)[..., None], image.astype(np.float32), mixed)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def draw_overlay(image, labels, class_names, seen_ids, unseen_ids, alpha=0.5, min_side=256,
+                 other_title='other classes', heading='prediction', with_input=True):
+    """One picture of a prediction: the image (with `with_input`), the image with the class colours blended in
+    (`blend`) beside it, and a legend on the right listing the classes present, seen and unseen apart (unseen
+    marked), ids in neither list under `other_title`, and void (no class) when present.
+
+    image: (H, W, 3) uint8 BGR; labels: (h, w) ids of `class_names` (raw ids), any size. An image whose longer
+    side is below `min_side` is enlarged by an integer factor (nearest neighbour) so the legend fits beside it.
+    Returns the (H', W', 3) uint8 BGR canvas: panels at x = PAD and (with the input) x = 2 * PAD + width.
+    """
+    palette = label_palette()
+    panels = [np.asarray(image, np.uint8)] if with_input else []
+    panels.append(blend(image, labels, alpha, palette))
+    h, w = panels[0].shape[:2]
+    factor = max(1, -(-int(min_side) // max(h, w)))
+    if factor > 1:
+        panels = [cv2.resize(p, (w * factor, h * factor), interpolation=cv2.INTER_NEAREST) for p in panels]
+    present = {int(v) for v in np.unique(np.asarray(labels))}
+    legend = _legend_lines(present, class_names, seen_ids, unseen_ids, False, other_title, not_scored=False)
+    legend_h = PAD + (len(legend) + 1) * LEGEND_LINE_H + PAD
+    oh, ow = panels[0].shape[:2]
+    width = PAD + len(panels) * (ow + PAD)
+    canvas = np.full((max(oh + 2 * PAD, legend_h), width + LEGEND_W, 3), 255, np.uint8)
+    for i, panel in enumerate(panels):
+        x = PAD + i * (ow + PAD)
+        canvas[PAD:PAD + oh, x:x + ow] = panel
+    _draw_legend(canvas, legend, width, PAD, palette, heading)
+    return canvas
+
+
+def write_png(path, image):
+    """cv2.imwrite with the folder created and an error naming the file when it fails."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), np.asarray(image)):
+        raise OSError(f'could not write {path}')
 
 
 def draw_prediction_grid(rows, column_titles, class_names, seen_ids, unseen_ids, out_path, scale=4,
@@ -153,20 +228,6 @@ def draw_prediction_grid(rows, column_titles, class_names, seen_ids, unseen_ids,
             canvas[y:y + cell_h, x:x + cell_w] = tile
 
     lx, ly = layout['legend_xy']
-    cv2.putText(canvas, 'legend', (lx, ly + LEGEND_LINE_H - 5), FONT, 0.5, TEXT, 1, cv2.LINE_AA)
-    for i, (text, cid) in enumerate(legend, start=1):
-        y = ly + i * LEGEND_LINE_H
-        if cid is None:
-            cv2.putText(canvas, text, (lx, y + LEGEND_LINE_H - 5), FONT, 0.42, TEXT, 1, cv2.LINE_AA)
-            continue
-        sy = y + (LEGEND_LINE_H - SWATCH) // 2
-        canvas[sy:sy + SWATCH, lx + 8:lx + 8 + SWATCH] = palette[cid]
-        cv2.rectangle(canvas, (lx + 8, sy), (lx + 8 + SWATCH - 1, sy + SWATCH - 1), (120, 120, 120), 1)
-        cv2.putText(canvas, text, (lx + 8 + SWATCH + 6, y + LEGEND_LINE_H - 5), FONT, 0.42, TEXT, 1,
-                    cv2.LINE_AA)
-
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out_path), canvas):
-        raise OSError(f'draw_prediction_grid: could not write {out_path}')
+    _draw_legend(canvas, legend, lx, ly, palette)
+    write_png(out_path, canvas)
     return layout

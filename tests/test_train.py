@@ -1,5 +1,6 @@
 """End to end through the command line: step1 -> mixed -> st -> st_mixed -> --val on a tiny dataset in the
 real layout with a tiny model, plus exact resume and the clear errors."""
+import csv
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from libs.metrics import SCORE_KEYS
 from tests.datagen import write_dataset
 from tests.e2e_config import ROOT, write_tiny_config
 
@@ -142,6 +144,44 @@ def test_bad_invocations_fail_with_clear_messages(pipeline):
     assert proc.returncode != 0 and "missing.pth" in proc.stderr
     proc = run("--config", cfg["step1"], "--schedule", "step1", "--resume_from", "5", expect_ok=False)
     assert proc.returncode == 2 and "00000005.pth" in proc.stderr
+    proc = run("--config", cfg["step1"], "--val", "--save_colour", expect_ok=False)
+    assert proc.returncode == 2 and "--save_colour needs --save_predictions" in proc.stderr
+    proc = run("--config", cfg["step1"], "--val", "--eval_mode", "native", expect_ok=False)
+    assert proc.returncode == 2 and "invalid choice: 'native'" in proc.stderr
+
+
+def test_val_full_mode_writes_all_scores_the_class_csv_and_colour_pictures(pipeline):
+    tmp, toy = pipeline["tmp"], pipeline["toy"]
+    model = os.path.join(pipeline["exp"], "models_transfer", "00000008.pth")
+    json_path, pred_dir = str(tmp / "full.json"), str(tmp / "pred-full")
+    out = run("--config", pipeline["cfg"]["step1"], "--init_model", model, "--val", "--eval_mode", "full",
+              "--results_json", json_path, "--save_predictions", pred_dir, "--save_colour").stdout
+    assert "(eval_mode full):" in out and "freq.-weighted IoU" in out and "hIoU" in out
+    scores = json.load(open(json_path))
+    assert scores["eval_mode"] == "full" and scores["checkpoint"] == model
+    assert set(SCORE_KEYS) <= set(scores) and list(scores["class_acc"]) == list(scores["class_iou"])
+    names = [toy.class_names[i] for i in toy.seen + toy.unseen]
+    test_of_raw = {raw: i for i, raw in enumerate(toy.seen + toy.unseen)}
+    gt_pixels = np.zeros(len(names), np.int64)
+    for _, stem in toy.test_entries:              # the raw labels at their original sizes
+        for raw, count in zip(*np.unique(toy.labels[stem], return_counts=True)):
+            if int(raw) in test_of_raw:
+                gt_pixels[test_of_raw[int(raw)]] += count
+    rows = list(csv.DictReader(open(str(tmp / "full_classes.csv"))))
+    assert [r["class"] for r in rows] == names
+    assert [r["split"] for r in rows] == ["seen"] * len(toy.seen) + ["unseen"] * len(toy.unseen)
+    assert [int(r["gt_pixels"]) for r in rows] == gt_pixels.tolist()
+    assert sum(int(r["predicted_pixels"]) for r in rows) <= gt_pixels.sum()
+    for row in rows:
+        iou = scores["class_iou"][row["class"]]
+        assert (row["IoU"] == "nan") if iou is None else float(row["IoU"]) == pytest.approx(iou, abs=1e-6)
+    for _, stem in toy.test_entries:
+        pred = np.array(Image.open(os.path.join(pred_dir, f"{stem}.png")))
+        assert pred.shape == toy.labels[stem].shape           # full resolution
+        assert set(np.unique(pred)) <= set(toy.seen + toy.unseen + [255])
+        colour = np.array(Image.open(os.path.join(pred_dir, "colour", f"{stem}.png")))
+        assert colour.shape == pred.shape + (3,)
+        assert os.path.isfile(os.path.join(pred_dir, "overlay", f"{stem}.png"))
 
 
 def test_two_process_data_parallel_run_on_cpu_trains_the_one_process_model(pipeline, tmp_path):
@@ -175,6 +215,41 @@ def test_two_process_data_parallel_run_on_cpu_trains_the_one_process_model(pipel
     for key, value in one["state_dict"].items():
         if value.is_floating_point():
             assert torch.allclose(two["state_dict"][key], value, rtol=0, atol=5e-6), key
+
+
+def test_two_process_periodic_test_and_val_are_sharded_and_equal_one_process(pipeline, tmp_path):
+    """Training with the periodic test sharded over 2 processes (config eval_mode full), then --val under torchrun:
+    the scores equal a single process's."""
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    cfg = write_tiny_config(str(tmp_path / "ddp.yaml"), "voc12", pipeline["toy"], str(tmp_path / "Results"),
+                            ITER_MAX=4, snapshot=4, eval_mode="full")
+
+    def torchrun_train(*args):
+        proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517",
+                               os.path.join(ROOT, "train.py"), "--config", cfg, "--multigpus", "--ngpu", "2",
+                               "--device", "cpu", *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    torchrun_train("--schedule", "step1")
+    exp = tmp_path / "Results" / pipeline["toy"].name / "0"
+    ckpt = torch.load(str(exp / "models" / "00000004.pth"), weights_only=False)
+    assert ckpt["iteration"] == 4
+    # BATCH_SIZE.TRAIN 2 is the global batch: 4 iterations read at least 8 of the 6 training images (more when a
+    # batch without visible pixels is skipped), i.e. into epoch 1; the position counts global items
+    stream = ckpt["training_state"]["stream"]
+    assert stream["epoch"] == 1 and 2 <= stream["position"] <= 6
+
+    single, sharded = str(tmp_path / "single.json"), str(tmp_path / "sharded.json")
+    run("--config", cfg, "--init_model", str(exp / "models" / "00000004.pth"), "--val", "--results_json", single)
+    torchrun_train("--init_model", str(exp / "models" / "00000004.pth"), "--val", "--results_json", sharded)
+    single_scores, sharded_scores = json.load(open(single)), json.load(open(sharded))
+    assert single_scores["eval_mode"] == "full" and single_scores == sharded_scores
+    assert open(tmp_path / "single_classes.csv").read() == open(tmp_path / "sharded_classes.csv").read()
+    log = open(exp / "logs.txt").read()
+    assert log.count("Test results: eval_mode full") == 1     # the periodic test at the snapshot, rank 0 only
+    for key in ("hIoU", "mIoU", "pixel_acc", "freqw_acc_unseen"):
+        value = single_scores[key]
+        assert f"{key}: {float('nan') if value is None else value:.4f}" in log, key
 
 
 def test_multigpus_without_torchrun_is_a_clear_error(pipeline):

@@ -234,7 +234,8 @@ SCHEMA: tuple = tuple([
     _new("eval_mode", "choice", "feature", "Evaluation protocol (docs/method.md §7): feature = the original's, argmax "
          "at feature resolution (65x65) against the label resized nearest to it; warped = logits upsampled "
          "bilinearly to the warped network input (513x513) and scored against the warped label (SPNet's "
-         "protocol); --eval_mode overrides it.", choices=EVAL_MODES),
+         "protocol); full = the same logits upsampled bilinearly to each image's original size and scored against its "
+         "raw label (docs/method.md §7.6); --eval_mode overrides it.", choices=EVAL_MODES),
     _new("calibration", "float", 0.0, "Calibrated stacking at evaluation (SPNet-c): gamma subtracted from the seen "
          "classes' softmax probabilities before the argmax over the seen and unseen classes; 0 = the plain argmax "
          "over every classifier channel (the original's); --calibrate overrides it.", minimum=0.0, maximum=1.0),

@@ -18,11 +18,14 @@ from .splits import MAP_SIZE, ClassSplits, dataset_dir, read_class_names
 # word2vec 300).
 EMBEDDING_DIMS = {'word2vec': 300, 'fasttext': 300, 'fastnvec': 600}
 EMBEDDINGS = tuple(EMBEDDING_DIMS)
+# The word-vector files each option concatenates, in order.
+EMBEDDING_PARTS = {'word2vec': ('word2vec',), 'fasttext': ('fasttext',), 'fastnvec': ('fasttext', 'word2vec')}
 # F.normalize's epsilon: a zero row stays zero instead of becoming NaN.
 NORM_EPS = 1e-12
 
 
-def _load_vectors(path: str) -> np.ndarray:
+def load_vector_file(path: str) -> np.ndarray:
+    """One pickled word-vector table (K, D), row r = class r, with a clear error for a missing or malformed file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"word-vector file {path} does not exist; expected a pickled numpy array (K, D), "
                                 f"row r = vector of raw class r (make one with tools/build_word_vectors.py)")
@@ -62,17 +65,22 @@ def load_word_embeddings(datadir: str, name: str, embedding: str = 'fastnvec',
     base = dataset_dir(datadir, name)
     labels_path = os.path.join(base, 'labels_refined.txt')
     num_raw = len(read_class_names(labels_path))
-    parts = ['fasttext', 'word2vec'] if embedding == 'fastnvec' else [embedding]
     arrays = []
-    for part in parts:
+    for part in EMBEDDING_PARTS[embedding]:
         path = os.path.join(base, 'word_vectors', part + '.pkl')
-        vectors = _load_vectors(path)
+        vectors = load_vector_file(path)
         if vectors.shape[0] != num_raw:
             raise ValueError(f"{path} has {vectors.shape[0]} rows but {labels_path} names {num_raw} raw classes; "
                              f"row r must be the vector of raw class r")
-        arrays.append(vectors.astype(dtype))
+        arrays.append(vectors)
+    return combine_word_vectors(arrays, without_normal, dtype)
+
+
+def combine_word_vectors(parts, without_normal: bool = False, dtype=np.float32) -> np.ndarray:
+    """The class embedding (K, E) from its word-vector tables (K, d_i) in `EMBEDDING_PARTS` order: concatenated
+    along the feature axis, then each row L2-normalised as a whole unless `without_normal` (docs/method.md §6.5)."""
     # Normalised in `dtype`; float32 against float64 maths differs only by rounding (~1e-7).
-    matrix = np.concatenate(arrays, axis=1)
+    matrix = np.concatenate([np.asarray(part).astype(dtype) for part in parts], axis=1)
     if not without_normal:
         matrix = l2_normalise_rows(matrix, dtype)
     return np.ascontiguousarray(matrix, dtype=dtype)

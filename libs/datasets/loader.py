@@ -8,7 +8,8 @@ seeded by (seed, epoch, index) instead of Python's per-worker `random`, so the c
 number of DataLoader workers and any epoch of a resumed run can be replayed.
 """
 import os
-from typing import List, Sequence, Tuple
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -39,17 +40,22 @@ class ZeroShotSegmentation(torch.utils.data.Dataset):
         flip: horizontal flip with probability 0.5 in training.
         ignore_index: train id of unseen/background/void/padding pixels.
         seed: augmentation seed; item i of epoch e uses numpy.random.default_rng([seed, e, i]).
+        originals: test mode only: add each image's `Original` (untransformed raw label, image path and size)
+            to its item, for full-resolution evaluation and prediction pictures; batch such items with
+            `collate_test` (the originals differ in size).
 
     Items:
         train: image float32 (3, crop, crop), label int64 (crop, crop) with values in {0..S-1, ignore_index}.
         test: image float32 (3, base, base) (warp on; warp off: the pre-scaled size), raw label int64 of
-            the same height and width, image id (the stem).
+            the same height and width, image id (the stem), and with `originals` the `Original`.
     """
+
+    has_labels = True     # annotations exist (ImageFiles has none: its labels are all void)
 
     def __init__(self, root: str, entries: Sequence[Tuple[str, str]], splits: ClassSplits, train: bool,
                  mean_bgr=(104.008, 116.669, 122.675), crop_size: int = 368, base_size: int = 513,
                  warp: bool = True, scale_range=(0.5, 1.5), flip: bool = True, ignore_index: int = IGNORE_INDEX,
-                 seed: int = 0):
+                 seed: int = 0, originals: bool = False):
         self.root = root
         self.entries: List[Tuple[str, str]] = [(str(s), str(t)) for s, t in entries]
         self.splits = splits
@@ -75,6 +81,9 @@ class ZeroShotSegmentation(torch.utils.data.Dataset):
             raise ValueError(f"seed must be >= 0 (numpy SeedSequence), got {seed}")
         self.seed = int(seed)
         self.epoch = 0
+        if originals and self.train:
+            raise ValueError("originals applies to test items only (train=False)")
+        self.originals = bool(originals)
         if not self.entries:
             raise ValueError(f"ZeroShotSegmentation({root}): the list of images is empty; the split list must "
                              f"name at least one '<subdir>/<stem>' entry")
@@ -217,6 +226,7 @@ class ZeroShotSegmentation(torch.utils.data.Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} items")
         image, label = self.read(index)
+        original = Original(self.image_path(index), label.shape, label if self.has_labels else None)
         image -= self.mean_bgr
         image, label = self._prescale(image, label, index)
         if self.train:
@@ -229,4 +239,60 @@ class ZeroShotSegmentation(torch.utils.data.Dataset):
         label = torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64))
         if self.train:
             return image, label
+        if self.originals:
+            return image, label, self.entries[index][1], original
         return image, label, self.entries[index][1]
+
+
+@dataclass(frozen=True)
+class Original:
+    """What a test image was before the transform: its file, its size (H, W) and its raw label (H, W) int64
+    (None for images without annotation)."""
+    image_path: str
+    size: Tuple[int, int]
+    label: Optional[np.ndarray] = None
+
+
+def collate_test(batch):
+    """Batch test items that carry an `Original`: images, warped labels and ids as the default collate does,
+    the originals (of different sizes) as a list."""
+    images, labels, ids = torch.utils.data.default_collate([item[:3] for item in batch])
+    return images, labels, ids, [item[3] for item in batch]
+
+
+class ImageFiles(ZeroShotSegmentation):
+    """Any images (files OpenCV reads, any size) through exactly the test transform of the loader: mean
+    subtraction in BGR, then the pre-scale to `base_size` (warped with `warp`). Items are those of a test set
+    with `originals`: (image, an all-void label, id, Original); ids are the file names without extension.
+
+    For prediction on one's own images (tools/predict.py); there are no annotations and no class splits.
+    """
+
+    has_labels = False
+
+    def __init__(self, paths: Sequence[str], mean_bgr=(104.008, 116.669, 122.675), base_size: int = 513,
+                 warp: bool = True):
+        self.paths = [str(p) for p in paths]
+        entries = [(os.path.dirname(p), os.path.splitext(os.path.basename(p))[0]) for p in self.paths]
+        super().__init__("", entries, splits=None, train=False, mean_bgr=mean_bgr, base_size=base_size, warp=warp,
+                         originals=True)
+
+    def _check_layout(self) -> None:
+        missing = [p for p in self.paths if not os.path.isfile(p)]
+        if missing:
+            raise FileNotFoundError(f"image file(s) not found: {', '.join(missing)}")
+
+    def __repr__(self) -> str:
+        return f"ImageFiles(items={len(self)}, base_size={self.base_size}, warp={self.warp})"
+
+    def image_path(self, index: int) -> str:
+        return self.paths[index]
+
+    def read(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
+        """BGR image float32 (H, W, 3) (grey and alpha images converted by OpenCV) and an all-void label."""
+        path = self.paths[index]
+        image = cv2.imread(path, cv2.IMREAD_COLOR)
+        if image is None:
+            raise ValueError(f"image {path} could not be read by OpenCV (not an image, truncated, or a format "
+                             f"this OpenCV build does not decode)")
+        return image.astype(np.float32), np.full(image.shape[:2], IGNORE_INDEX, dtype=np.uint8)

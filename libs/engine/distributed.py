@@ -16,7 +16,8 @@ one process computes on the same global batch (docs/method.md §8.6), as the ori
 * Gradients are all-reduced in buckets that start as soon as their gradients are ready, while the backward pass
   goes on (`GradientBuckets`).
 
-Rank 0 writes checkpoints, logs and evaluates.
+Rank 0 writes checkpoints and logs; evaluation is sharded: every rank scores its share of the test set (`shard`)
+and the confusion matrices are summed (`all_reduce_sum`).
 """
 from __future__ import annotations
 
@@ -57,6 +58,19 @@ class Processes:
         out = [None] * self.world_size
         dist.all_gather_object(out, obj)
         return out
+
+    def shard(self, num_items: int) -> list:
+        """This process's share of items 0..num_items-1 for evaluation: every world_size-th item from its rank.
+        The shares are disjoint and cover every item once (no padding, no duplicates, unlike
+        DistributedSampler), so summed confusion matrices equal one process's."""
+        return list(range(self.rank, int(num_items), self.world_size))
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum `tensor` over the processes, in place (a no-op for a single process); returns it."""
+        if self.enabled:
+            import torch.distributed as dist
+            dist.all_reduce(tensor)
+        return tensor
 
     def close(self) -> None:
         if self.enabled:

@@ -7,6 +7,7 @@ the model folder (`%08d.pth` checkpoints), the log file and the config copy name
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import torch
 
 from libs.checkpoint import atomic_save, load_model_weights, read_checkpoint, snapshot
 from libs.config import Config, check_schedule_keys, iter_max, load_config, save_config
-from libs.datasets import ZeroShotSegmentation, load_class_splits, load_split_list
+from libs.datasets import ZeroShotSegmentation, collate_test, load_class_splits, load_split_list
 from libs.datasets.stream import BatchStream
 from libs.engine.distributed import Processes, select_device, start_processes
 from libs.engine.evaluation import evaluate
@@ -25,8 +26,8 @@ from libs.engine.methods import get_method
 from libs.engine.precision import Precision
 from libs.engine.rng import rng_state, seed_everything, set_rng_state
 from libs.engine.schedules import TEST_LOG, Schedule, get_schedule
-from libs.io import log, progress_bar, setup_logging
-from libs.metrics import JSON_KEYS, format_score_table, scores_to_json
+from libs.io import atomic_write, log, progress_bar, setup_logging
+from libs.metrics import SCORE_KEYS, class_table, format_all_scores, format_score_table, scores_to_json
 from models.backbone import FrozenBatchNorm2d
 from models.initialization import init_weights
 
@@ -126,24 +127,32 @@ class Run:
             self.model.to(memory_format=torch.channels_last)
 
     # ---- building ---------------------------------------------------------------------------------------
-    def _dataset(self, split: str, train: bool, seed: int) -> ZeroShotSegmentation:
+    def _dataset(self, split: str, train: bool, seed: int, originals: bool = False) -> ZeroShotSegmentation:
         cfg = self.cfg
         mean = cfg["IMAGE"]["MEAN"]
         return ZeroShotSegmentation(
             cfg["ROOT"], load_split_list(cfg["datadir"], cfg["dataset"], split), self.splits, train=train,
             mean_bgr=(mean["B"], mean["G"], mean["R"]), crop_size=cfg.value("IMAGE.SIZE.TRAIN"),
             base_size=cfg.value("IMAGE.SIZE.BASE"), warp=cfg["WARP_IMAGE"], scale_range=cfg.value("SCALE_RANGE"),
-            ignore_index=cfg.value("ignore_index"), seed=seed)
+            ignore_index=cfg.value("ignore_index"), seed=seed, originals=originals)
 
     def _workers(self) -> int:
         return min(self.cfg["NUM_WORKERS"], os.cpu_count() or 1)
 
-    def _test_loader(self) -> torch.utils.data.DataLoader:
-        # Own generator: iterating the test loader at a snapshot must not draw from the global torch RNG, whose
-        # state the checkpoint saved before the test (docs/method.md §8.5).
-        return torch.utils.data.DataLoader(self.test_data, batch_size=self.cfg.value("BATCH_SIZE.TEST"),
-                                           shuffle=False, num_workers=self._workers(),
-                                           pin_memory=self.device.type == "cuda", generator=torch.Generator())
+    def _test_loader(self, save_colour: bool = False) -> torch.utils.data.DataLoader:
+        """The test set in order; with several processes this process's share (`Processes.shard`). Items carry
+        their originals (raw label at full size, image file) when eval_mode full or colour pictures need them."""
+        originals = self.eval_mode == "full" or save_colour
+        data = self._dataset("test", train=False, seed=0, originals=True) if originals else self.test_data
+        sampler = self.processes.shard(len(data)) if self.processes.enabled else None
+        return torch.utils.data.DataLoader(data, batch_size=self.cfg.value("BATCH_SIZE.TEST"), shuffle=False,
+                                           sampler=sampler, num_workers=self._workers(),
+                                           collate_fn=collate_test if originals else None,
+                                           pin_memory=self.device.type == "cuda",
+                                           # own generator: iterating the test loader at a snapshot must not draw
+                                           # from the global torch RNG, whose state the checkpoint saved before the
+                                           # test (docs/method.md §8.5)
+                                           generator=torch.Generator())
 
     def _checkpoint_path(self, iteration: int) -> str:
         return os.path.join(self.model_dir, "%08d.pth" % iteration)
@@ -220,21 +229,34 @@ class Run:
         return ranks[0]
 
     # ---- evaluation ----------------------------------------------------------------------------------------
-    def test_scores(self, loader, predictions_dir: Optional[str] = None, progress=None) -> dict:
-        """The test set under this run's evaluation protocol (eval_mode, calibration)."""
+    def test_scores(self, loader, predictions_dir: Optional[str] = None, progress=None,
+                    save_colour: bool = False) -> dict:
+        """The test set under this run's evaluation protocol (eval_mode, calibration); with several processes
+        each scores its share and the confusion matrices are summed, so every process gets the same scores."""
         return evaluate(self.model, loader, self.splits, self.device, mode=self.eval_mode,
                         calibration=self.calibration, predictions_dir=predictions_dir, progress=progress,
+                        save_colour=save_colour,
+                        all_reduce=self.processes.all_reduce_sum if self.processes.enabled else None,
                         autocast=self.precision.autocast)
 
     def evaluation_name(self) -> str:
         text = f"eval_mode {self.eval_mode}"
         return text + (f", calibration {self.calibration:g}" if self.calibration else "")
 
-    def evaluate(self, results_json: Optional[str] = None, predictions_dir: Optional[str] = None) -> dict:
-        """--val: the test set once, the table in the log, the scores as JSON."""
-        scores = self.test_scores(self._test_loader(), predictions_dir, progress_bar("test"))
-        log.info("%s\n%s", f"Test results of {self.init_model} ({self.evaluation_name()}):",
-                 format_score_table({self.cfg["method"]: scores}, self.splits.test_names))
+    def evaluate(self, results_json: Optional[str] = None, predictions_dir: Optional[str] = None,
+                 save_colour: bool = False) -> dict:
+        """--val: the test set once (sharded over the processes under torchrun); the paper's table and all 16
+        scores in the log, the scores as JSON and the per-class values as CSV beside it (`class_csv_path`)."""
+        try:
+            scores = self.test_scores(self._test_loader(save_colour), predictions_dir,
+                                      progress_bar("test") if self.processes.is_main else None, save_colour)
+        finally:
+            self.processes.close()
+        names = self.splits.test_names
+        log.info("%s\n%s\n\n%s", f"Test results of {self.init_model} ({self.evaluation_name()}):",
+                 format_score_table({self.cfg["method"]: scores}, names), format_all_scores(scores))
+        if not self.processes.is_main:
+            return scores
         results = results_json or os.path.join(self.exp_dir, "results_val.json")
         os.makedirs(os.path.dirname(os.path.abspath(results)), exist_ok=True)
         record = {"method": self.cfg["method"], "dataset": self.cfg["dataset"], "eval_mode": self.eval_mode,
@@ -242,8 +264,10 @@ class Run:
                   # "model" is the checkpoint too, under the name earlier versions wrote
                   "model": self.init_model, "config": self.config_path}
         with open(results, "w") as handle:
-            json.dump({**record, **scores_to_json(scores, self.splits.test_names)}, handle, indent=2)
-        log.info("scores written to %s", results)
+            json.dump({**record, **scores_to_json(scores, names, all_scores=True)}, handle, indent=2)
+        write_class_csv(class_csv_path(results), class_table(scores["confusion"], self.splits.num_seen, names))
+        log.info("scores written to %s (%s), per-class values to %s", results, self.evaluation_name(),
+                 class_csv_path(results))
         return scores
 
     # ---- training ------------------------------------------------------------------------------------------
@@ -289,6 +313,24 @@ class Run:
         log.info("estimated the frozen BatchNorm statistics from %d training batches", batches)
 
 
+def class_csv_path(results_json: str) -> str:
+    """The per-class CSV beside a results JSON: `<name>_classes.csv`."""
+    return os.path.splitext(results_json)[0] + "_classes.csv"
+
+
+CLASS_CSV_COLUMNS = ("test_id", "class", "split", "IoU", "accuracy", "gt_pixels", "predicted_pixels")
+
+
+def write_class_csv(path: str, rows) -> None:
+    """`class_table` rows as CSV (NaN written as `nan`)."""
+    def write(handle):
+        out = csv.DictWriter(handle, fieldnames=CLASS_CSV_COLUMNS, lineterminator="\n")
+        out.writeheader()
+        for row in rows:
+            out.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write(path, write, binary=False)
+
+
 class _RunHooks(LoopHooks):
     """The run's side of the loop: log lines, TensorBoard scalars, progress bar, checkpoints, test runs."""
 
@@ -299,7 +341,7 @@ class _RunHooks(LoopHooks):
         self.max_iter = max_iter
         self.writer = None
         self.bar = None
-        self.loader = run._test_loader()
+        self.loader = run._test_loader()     # this process's share of the test set
         if self.main:
             from tensorboardX import SummaryWriter
             self.writer = SummaryWriter(os.path.join(run.exp_dir, "tensorboard", self.schedule))
@@ -329,13 +371,15 @@ class _RunHooks(LoopHooks):
         self.run.save(iteration)
 
     def test(self, iteration: int) -> None:
+        """Every process scores its share of the test set; the summed confusion gives all of them the scores,
+        rank 0 logs them (all 16) and writes them to TensorBoard."""
+        run = self.run
+        scores = run.test_scores(self.loader, progress=progress_bar("test", leave=False) if self.main else None)
         if not self.main:
             return
-        run = self.run
-        scores = run.test_scores(self.loader, progress=progress_bar("test", leave=False))
-        lines = [f"Test results: {run.evaluation_name()}"] + [f"{k}: {scores[k]:.4f}" for k in JSON_KEYS]
+        lines = [f"Test results: {run.evaluation_name()}"] + [f"{k}: {scores[k]:.4f}" for k in SCORE_KEYS]
         log.info("\n".join(lines) + "\n" + json.dumps(scores_to_json(scores, run.splits.test_names)["class_iou"]))
-        for k in JSON_KEYS:
+        for k in SCORE_KEYS:
             self.writer.add_scalar(f"test/{k}", scores[k], iteration)
 
     def close(self) -> None:

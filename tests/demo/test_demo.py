@@ -3,14 +3,18 @@ through demo/run.py and train.py with the demo configs (redirected to a temporar
 import json
 import os
 
+import cv2
 import numpy as np
 import pytest
 import yaml
 from PIL import Image
 
+import train
 from demo import run as run_demo
+from demo import seeds as demo_seeds
 from libs.config import load_config
 from tests.e2e_config import ROOT
+from tools import predict
 
 pytestmark = pytest.mark.slow   # subprocess runs of train.py / torchrun / the demo
 
@@ -70,3 +74,54 @@ def test_demo_writes_the_picture_and_the_side_by_side_table(demo):
     assert picture.ndim == 3 and picture.shape[0] > 6 * 64 and picture.shape[1] > 4 * 64
     summary = (out / "summary.txt").read_text()
     assert "step1" in summary and "mixed" in summary and "U-mIoU" in summary and "hIoU" in summary
+
+
+def test_seeds_script_summarises_both_modes_over_training_seeds(demo):
+    tmp, out, scores = demo
+    seeds_out = tmp / "seeds"
+    entries = demo_seeds.main(["--seeds", "0", "1", "--config", str(tmp / "demo.yaml"), "--finetune_config",
+                               str(tmp / "demo_finetune.yaml"), "--out", str(seeds_out), "--n_train", "40",
+                               "--n_test", "20", "--step1_iters", "40", "--mixed_iters", "30", "--device", "cpu"])
+    assert [(e["stage"], e["eval_mode"]) for e in entries] == [
+        ("step1", "feature"), ("step1", "full"), ("mixed", "feature"), ("mixed", "full")]
+    assert all(len(e["files"]) == 2 and e["scores"]["hIoU"]["n"] == 2 for e in entries)
+    runs = {s: json.load(open(seeds_out / f"seed{s}" / "scores_mixed.json")) for s in (0, 1)}
+    # the data are the same (data seed 0, already complete) and training is deterministic: seed 0 repeats the demo
+    assert runs[0]["mIoU"] == scores["mixed"]["mIoU"] and runs[0]["U-mIoU"] == scores["mixed"]["U-mIoU"]
+    assert runs[1]["mIoU"] != runs[0]["mIoU"]
+    full = json.load(open(seeds_out / "seed1" / "scores_mixed_full.json"))
+    assert full["eval_mode"] == "full" and "freqw_acc_harmonic" in full
+    mixed_full = entries[3]["scores"]["mIoU"]
+    assert mixed_full["min"] <= mixed_full["mean"] <= mixed_full["max"] and mixed_full["std"] is not None
+    summary = (seeds_out / "summary.md").read_text()
+    assert "### mixed, eval_mode full" in summary and "| hIoU |" in summary
+    assert "| score | step1, feature | step1, full | mixed, feature | mixed, full |" in summary
+    u = entries[2]["scores"]["U-mIoU"]
+    assert f"| U-mIoU | {entries[0]['scores']['U-mIoU']['mean']:.4f}" in summary and f"{u['mean']:.4f} ± " in summary
+    assert len(os.listdir(seeds_out / "seed1" / "predictions_mixed_full")) == 20
+
+
+def test_predict_segments_the_demo_test_images_and_other_images(demo):
+    """tools/predict.py on the demo's mixed model: the test images get exactly the labels of --val --eval_mode
+    full, and images of other sizes and formats made from them are segmented at their own size."""
+    tmp, out, _ = demo
+    model = tmp / "Results" / "demo" / "0" / "models_transfer" / "00000030.pth"
+    val_dir = tmp / "data" / "demo" / "images" / "val"
+    train.main(["--config", str(tmp / "demo_finetune.yaml"), "--init_model", str(model), "--val", "--eval_mode",
+                "full", "--results_json", str(tmp / "full.json"), "--save_predictions", str(tmp / "full"),
+                "--device", "cpu"])
+    mine = tmp / "mine"
+    mine.mkdir()
+    images = [cv2.imread(str(val_dir / name)) for name in sorted(os.listdir(val_dir))[:4]]
+    cv2.imwrite(str(mine / "tiled.jpg"), cv2.resize(np.vstack([np.hstack(images[:2]), np.hstack(images[2:])]),
+                                                    (200, 150)))
+    cv2.imwrite(str(mine / "wide.png"), cv2.resize(images[0], (300, 90)))
+    predict.main(["--config", str(tmp / "demo_finetune.yaml"), "--checkpoint", str(model), str(val_dir), str(mine),
+                  "--out", str(tmp / "predict"), "--device", "cpu"])
+    for name in sorted(os.listdir(val_dir)):
+        stem = os.path.splitext(name)[0]
+        assert np.array_equal(np.array(Image.open(tmp / "predict" / f"{stem}.png")),
+                              np.array(Image.open(tmp / "full" / f"{stem}.png"))), stem
+    assert np.array(Image.open(tmp / "predict" / "tiled.png")).shape == (150, 200)
+    assert np.array(Image.open(tmp / "predict" / "wide.png")).shape == (90, 300)
+    assert (tmp / "predict" / "overlay" / "tiled.png").is_file()

@@ -5,7 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from libs.metrics import format_score_table, gzsl_scores, new_confusion, scores_to_json, update_confusion
+from libs.metrics import (
+    SCORE_KEYS,
+    class_table,
+    format_all_scores,
+    format_score_table,
+    gzsl_scores,
+    new_confusion,
+    scores_to_json,
+    update_confusion,
+)
 
 # n = 3, S = 2 (ids 0, 1 seen; 2 unseen). rows = GT: 6, 10, 4 pixels; cols: 7, 8, 5; diag 5, 6, 3.
 H3 = np.array([[5, 1, 0],
@@ -112,3 +121,28 @@ def test_table_and_json():
     assert set(out) == {"hIoU", "mIoU", "pixel_acc", "mean_acc", "S-mIoU", "U-mIoU", "class_iou"}
     json.dumps(out, allow_nan=False)
     assert type(scores_to_json(s1, ["a", "b", "c"])["mIoU"]) is float
+
+
+def test_all_sixteen_scores_in_json_table_and_per_class_rows():
+    s = gzsl_scores(H3, 2)
+    assert len(SCORE_KEYS) == 16 and SCORE_KEYS[:6] == ("hIoU", "mIoU", "pixel_acc", "mean_acc", "S-mIoU", "U-mIoU")
+    out = scores_to_json(s, ["cat", "dog", "cow"], all_scores=True)
+    assert set(out) == set(SCORE_KEYS) | {"class_iou", "class_acc"}
+    assert out["freqw_acc_unseen"] == pytest.approx(0.1) and out["pixel_acc_seen"] == pytest.approx(11 / 16)
+    assert out["class_acc"] == pytest.approx({"cat": 5 / 6, "dog": 0.6, "cow": 0.75})
+    text = format_all_scores(s).splitlines()
+    assert text[0].split() == ["score", "overall", "seen", "unseen", "harmonic"]
+    assert text[2].split() == ["pixel", "acc.", "0.7000", "0.6875", "0.7500", "0.7174"]
+    assert text[4].split()[-4:] == ["0.5375", "0.4375", "0.1000", "0.1628"]      # frequency-weighted IoU
+    assert text[5].split() == ["IoU", "0.5417", "0.5625", "0.5000", "0.5294"]   # mIoU, S-, U-mIoU, hIoU
+    # per class: the dead-channel miss column counts as a GT pixel of its row, not as a prediction
+    h = np.concatenate([H3, np.array([[0], [3], [0]])], axis=1)
+    rows = class_table(h, 2, ["cat", "dog", "cow"])
+    assert [r["class"] for r in rows] == ["cat", "dog", "cow"] and [r["split"] for r in rows] == ["seen", "seen",
+                                                                                                  "unseen"]
+    assert [r["gt_pixels"] for r in rows] == [6, 13, 4] and [r["predicted_pixels"] for r in rows] == [7, 8, 5]
+    assert rows[1]["IoU"] == pytest.approx(6 / 15) and rows[1]["accuracy"] == pytest.approx(6 / 13)
+    nan_rows = class_table(H4, 2, list("abcd"))
+    assert math.isnan(nan_rows[1]["IoU"]) and nan_rows[3]["IoU"] == 0.0 and nan_rows[3]["predicted_pixels"] == 2
+    with pytest.raises(ValueError, match="3 names"):
+        class_table(H4, 2, ["a", "b", "c"])

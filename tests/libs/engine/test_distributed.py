@@ -10,21 +10,25 @@ from-scratch tiny model, and training amplifies them (measured on the tiny e2e c
 1e-4 after two, 2e-3 after four; one process with 1 instead of 2 threads: 1e-4 after four). One wrong random
 draw or one wrongly normalised loss moves the parameters by ~1e-4 at once. Across ranks the parameters must be
 bit-identical (every rank applies the same summed gradients). tests/test_train.py runs the float32 command line
-with torchrun for one iteration.
+with torchrun for one iteration. Sharded evaluation equals one process (docs/method.md §7.7).
 """
 import os
 import socket
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import train
+from libs.datasets import ZeroShotSegmentation, collate_test, load_class_splits, load_split_list
 from libs.datasets.stream import BatchStream
-from libs.engine.distributed import DataParallel
+from libs.engine.distributed import DataParallel, Processes
+from libs.engine.evaluation import evaluate
 from libs.engine.run import Run, RunOptions, run_config
 from libs.engine.trainers.cagnet import CaGNetTrainer, LossWeights, backbone_optimizer
+from libs.metrics import SCORE_KEYS
 from libs.optimizers import make_optimizer
 from libs.schedulers import build_scheduler
 from tests.conftest import build_tiny_model
@@ -212,3 +216,50 @@ def test_two_process_run_resumes_exactly(tmp_path):
     for key, value in final["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key
     assert final["training_state"]["stream"] == resumed["training_state"]["stream"]
+
+
+def _eval_worker(rank, world, port, data_dir, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        processes = Processes(rank, world, enabled=True)
+        splits = load_class_splits(data_dir, "toy")
+        results = {}
+        for mode in ("feature", "full"):
+            data = ZeroShotSegmentation(os.path.join(data_dir, "toy"), load_split_list(data_dir, "toy", "test"),
+                                        splits, train=False, base_size=65, originals=True)
+            loader = torch.utils.data.DataLoader(data, batch_size=2, sampler=processes.shard(len(data)),
+                                                 collate_fn=collate_test)
+            results[mode] = evaluate(build_tiny_model(seed=0), loader, splits, torch.device("cpu"), mode=mode,
+                                     predictions_dir=os.path.join(out_dir, mode), all_reduce=processes.all_reduce_sum)
+            results[mode]["shard"] = processes.shard(len(data))
+        torch.save(results, os.path.join(out_dir, f"eval{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sharded_evaluation_equals_one_process_exactly(tmp_path):
+    """5 test images (odd) over 2 gloo processes: shares of 3 and 2 images, no padding or duplicate; the summed
+    confusion matrices, hence every score, equal single-process evaluation bit for bit."""
+    toy = write_dataset(str(tmp_path / "data"), n_train=1, n_test=5, image_size=[(40, 56), (60, 48), (33, 71)])
+    mp.spawn(_eval_worker, args=(2, _free_port(), toy.datadir, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"eval{r}.pt", weights_only=False) for r in range(2)]
+    splits = load_class_splits(toy.datadir, toy.name)
+    data = ZeroShotSegmentation(toy.root, load_split_list(toy.datadir, toy.name, "test"), splits, train=False,
+                                base_size=65, originals=True)
+    for mode in ("feature", "full"):
+        assert ranks[0][mode]["shard"] == [0, 2, 4] and ranks[1][mode]["shard"] == [1, 3]
+        single = evaluate(build_tiny_model(seed=0), torch.utils.data.DataLoader(data, batch_size=2,
+                          collate_fn=collate_test), splits, torch.device("cpu"), mode=mode,
+                          predictions_dir=str(tmp_path / f"single-{mode}"))
+        assert single["confusion"].sum() > 0
+        for result in ranks:
+            assert np.array_equal(result[mode]["confusion"], single["confusion"]), mode
+            for key in SCORE_KEYS:
+                assert result[mode][key] == single[key] or (np.isnan(result[mode][key]) and np.isnan(single[key]))
+            assert np.array_equal(result[mode]["class_iou"], single["class_iou"], equal_nan=True)
+        # each image's prediction was written once, by the rank that scored it, and equals the single run's
+        names = sorted(os.listdir(tmp_path / mode))
+        assert names == sorted(os.listdir(tmp_path / f"single-{mode}")) and len(names) == 5
+        for name in names:
+            assert (tmp_path / mode / name).read_bytes() == (tmp_path / f"single-{mode}" / name).read_bytes()

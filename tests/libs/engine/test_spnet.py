@@ -64,7 +64,7 @@ def hand_loss(model, images, labels):
 # ---- the loss ----------------------------------------------------------------------------------------------
 def test_loss_is_the_sum_of_the_four_mean_cross_entropies():
     model = tiny_spnet()
-    images, labels = batch()
+    images, labels = batch(size=25)
     expected = hand_loss(copy.deepcopy(model), images, labels)
     values = trainer_of(model).step("step1", (images, labels))
     assert values["cls_real"].item() == pytest.approx(expected, rel=1e-5)

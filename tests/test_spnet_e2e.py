@@ -45,7 +45,10 @@ def test_spnet_train_resume_val_and_table(tmp_path):
 
     model = os.path.join(exp, "whole", "models", "00000004.pth")
     plain, calibrated = str(tmp_path / "spnet.json"), str(tmp_path / "spnet_c.json")
-    run("--config", cfg, "--init_model", model, "--val", "--results_json", plain)
+    assert os.listdir(os.path.join(exp, "whole", "tensorboard", "step1"))
+    predictions = str(tmp_path / "predictions")
+    run("--config", cfg, "--init_model", model, "--val", "--results_json", plain, "--save_predictions", predictions)
+    assert sorted(os.listdir(predictions)) == sorted(f"{stem}.png" for _, stem in toy.test_entries)
     run("--config", cfg, "--init_model", model, "--val", "--calibrate", "0.6", "--results_json", calibrated)
     rows = [json.load(open(p)) for p in (plain, calibrated)]
     for row, gamma in zip(rows, (0.0, 0.6)):

@@ -16,6 +16,7 @@ from typing import Dict, List, Mapping, Tuple
 
 import torch
 
+from libs.engine.methods import DEFAULT_METHOD
 from libs.io import atomic_write
 
 # One explicit rename table between the original layout (left) and ours (right). Everything else
@@ -91,7 +92,6 @@ def checkpoint_method(checkpoint) -> str | None:
     config = checkpoint.get("config")
     if isinstance(config, Mapping) and config.get("method"):
         return str(config["method"])
-    from libs.engine.methods import DEFAULT_METHOD
     return DEFAULT_METHOD
 
 
@@ -136,7 +136,7 @@ def load_model_weights(model: torch.nn.Module, checkpoint, source: str = "<memor
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]
     method = checkpoint_method(checkpoint)
-    name = "CaGNet" if method == "cagnet" else method
+    name = "CaGNet" if method == DEFAULT_METHOD else method
     kind = f"{name} checkpoint" if strict else (f"{name} checkpoint as init weights" if full else "bare state dict")
     if strict and (missing or unexpected):
         report = LoadReport(source, kind, missing, unexpected)
@@ -175,6 +175,6 @@ def export_original(checkpoint: Mapping, iteration: int | None = None) -> dict:
     it = checkpoint.get("iteration", 0) if iteration is None else iteration
     out = {"iteration": int(it), "state_dict": dict(weights)}
     method = checkpoint_method(checkpoint)
-    if method != "cagnet":
+    if method != DEFAULT_METHOD:
         out["method"] = method
     return out

@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 from libs.config.schema import _KEYS, NETS
 from libs.config.validate import Config, ConfigError, _describe
+from libs.engine.methods import DEFAULT_METHOD, get_method
 from libs.engine.schedules import SCHEDULES, get_schedule
 
 # Datasets whose configs ship in configs/, so an error can name the file meant for a schedule.
@@ -44,8 +45,7 @@ def check_schedule_keys(cfg: Config, schedule: str, nets: Optional[Sequence[str]
     """Raise ConfigError when the keys that `--schedule schedule` reads (ITER_MAX*, <net>_opt.lr* of the
     method's networks; default: the networks of the config's method) are missing."""
     if nets is None:
-        from libs.engine.methods import get_method      # here: the trainers import this module
-        nets = get_method(cfg.get("method", "cagnet")).networks
+        nets = get_method(cfg.get("method", DEFAULT_METHOD)).networks
     missing = [p for p in _schedule_key_paths(schedule, nets) if cfg.value(p) is None]
     if missing:
         raise _schedule_error(cfg, schedule, missing, nets)

@@ -7,11 +7,12 @@ renders it as docs/config_reference.md.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from libs.datasets.embeddings import EMBEDDING_DIMS
 from libs.engine.evaluation import EVAL_MODES
+from libs.engine.methods import DEFAULT_METHOD, METHOD_NAMES
 from libs.engine.precision import AMP_MODES
 from libs.engine.schedules import SCHEDULES
 from libs.losses import CONTENT_LOSSES, GAN_TYPES
@@ -39,10 +40,15 @@ class Key:
     length: int | None = None
     status: str = ""          # '' (original key), 'new', 'dead', 'schedule', 'policy'
     policies: tuple = ()      # for status 'policy': the lr_policy values that need this key
+    methods: tuple = ()       # the methods that read this key (empty: every method); a required key is
+                              # required only in configs of these methods
 
     @property
     def has_default(self) -> bool:
         return self.default is not _NO_DEFAULT
+
+    def required_for(self, method: str) -> bool:
+        return self.required and (not self.methods or method in self.methods)
 
 
 def _req(path, kind, doc, **kw):
@@ -138,13 +144,18 @@ SCHEMA: tuple = tuple([
     _req("num_unseen", "int", "Number of unseen classes U (must match split/novel_cls.npy).", minimum=1),
     _req("embedding", "choice", "Class word embedding: word2vec (300-d), fasttext (300-d) or fastnvec (fastText then "
          "word2vec, 600-d).", choices=tuple(EMBEDDING_DIMS)),
-    _new("method", "str", "cagnet", "Method to train and evaluate (the method table, libs/engine/methods.py): "
-         "cagnet."),
+    _new("method", "choice", DEFAULT_METHOD, "Method to train and evaluate (the method table, "
+         "libs/engine/methods.py): cagnet (CaGNet), spnet (SPNet; SPNet-c = spnet evaluated with calibration, "
+         "docs/baselines.md). Keys a method does not read (e.g. gen/dis for spnet) are not required in its "
+         "configs.", choices=METHOD_NAMES),
     _req("emb_without_normal", "bool", "True: skip the L2 normalisation of each class embedding."),
     _req("display_interval", "int", "Print the running losses every this many iterations.", minimum=1),
     _req("log_interval", "int", "Append the running losses to the log file every this many iterations.", minimum=1),
     _req("snapshot", "int", "Save a checkpoint and evaluate on the test set every this many iterations.", minimum=1),
     _sched("ITER_MAX", "int", "Iterations of --schedule step1.", minimum=1),
+    _new("ITER_SIZE", "int", 1, "Gradient accumulation (spnet only, SPNet's ITER_SIZE): an iteration loads "
+         "BATCH_SIZE.TRAIN x ITER_SIZE images and back-propagates them in ITER_SIZE chunks of BATCH_SIZE.TRAIN, "
+         "each chunk's loss divided by ITER_SIZE, then steps once.", minimum=1, methods=("spnet",)),
     _sched("ITER_MAX_TRANSFER", "int", "Iterations of --schedule mixed (finetuning).", minimum=1),
     _sched("ITER_MAX_ST", "int", "Iterations of --schedule st (self-training).", minimum=1),
     _sched("ITER_MAX_ST_TRANSFER", "int", "Iterations of --schedule st_mixed.", minimum=1),
@@ -240,6 +251,14 @@ SCHEMA: tuple = tuple([
          "classes' softmax probabilities before the argmax over the seen and unseen classes; 0 = the plain argmax "
          "over every classifier channel (the original's); --calibrate overrides it.", minimum=0.0, maximum=1.0),
 ])
+
+# Required keys that only CaGNet reads: an spnet config may leave them out (`Key.methods`).
+_CAGNET_ONLY_PREFIXES = ("dis_opt.", "gen_opt.", "dis_scheduler.", "gen_scheduler.", "gen.", "dis.", "lambda_")
+_CAGNET_ONLY_KEYS = ("criticUpdates", "update_back", "gen_unseen_rate", "interval_step1", "interval_step2", "first",
+                     "top_p", "loss_count", "content_loss", "gan_type")
+SCHEMA = tuple(replace(key, methods=("cagnet",))
+               if key.required and (key.path.startswith(_CAGNET_ONLY_PREFIXES) or key.path in _CAGNET_ONLY_KEYS)
+               else key for key in SCHEMA)
 
 _KEYS = {key.path: key for key in SCHEMA}
 _SECTIONS = {path.rsplit(".", i)[0] for path in _KEYS for i in range(1, path.count(".") + 1)}

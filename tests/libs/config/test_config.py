@@ -41,6 +41,9 @@ SHIPPED = {
     "demo.yaml": ("step1", {"step1"}),
     "demo_finetune.yaml": ("mixed", {"mixed"}),
     "configs_st_transfer_cocostuff.yaml": ("st_mixed", {"st_mixed"}),
+    "spnet_voc12.yaml": ("step1", {"step1"}),
+    "spnet_context.yaml": ("step1", {"step1"}),
+    "spnet_cocostuff.yaml": ("step1", {"step1"}),
 }
 
 # A sample of the original configs' values per file (dotted key -> value).
@@ -108,6 +111,13 @@ EXPECTED = {
         "init_back": "Results/voc12/0/models_st/00010000.pth",
     },
     "configs_st_transfer_context.yaml": {"gen_opt.lr_st_transfer": 0.0001, "lambda_G_GAN": 1, "top_p": 16},
+    # SPNet (baselines-spec §1.2): crop 321, batch 10 (COCO 5 x ITER_SIZE 2), lr 2.5e-4, poly every 10 iterations
+    "spnet_voc12.yaml": {"method": "spnet", "ITER_MAX": 20000, "BATCH_SIZE.TRAIN": 10, "ITER_SIZE": 1,
+                         "IMAGE.SIZE.TRAIN": 321, "back_opt.lr": 0.00025, "back_scheduler.lr_decay_iter": 10,
+                         "eval_mode": "warped", "calibration": 0.0, "dis.out_dim_cls": None, "lambda_B_KLD": None},
+    "spnet_context.yaml": {"method": "spnet", "ITER_MAX": 20000, "BATCH_SIZE.TRAIN": 10, "num_unseen": 4},
+    "spnet_cocostuff.yaml": {"method": "spnet", "ITER_MAX": 100000, "BATCH_SIZE.TRAIN": 5, "ITER_SIZE": 2,
+                             "back_opt.WEIGHT_DECAY": 0.0005, "back_opt.MOMENTUM": 0.9},
     "configs_st_transfer_cocostuff.yaml": {
         "gen_opt.lr_st_transfer": 5e-05, "dis_scheduler.start_decay_iter": 3000, "gen_unseen_rate": 25, "top_p": 40,
         "lambda_D_cls_fake_transfer": 0.125, "lambda_G_cls_transfer": 0,

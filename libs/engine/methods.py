@@ -8,9 +8,11 @@ from typing import Dict, Type
 
 from libs.engine.trainers.base import Trainer
 from libs.engine.trainers.cagnet import CaGNetTrainer
+from libs.engine.trainers.zs3net import ZS3NetTrainer
 
 METHODS: Dict[str, Type[Trainer]] = {
     "cagnet": CaGNetTrainer,
+    "zs3net": ZS3NetTrainer,
 }
 
 

@@ -151,9 +151,16 @@ class ZS3NetTrainer(Trainer):
 
     def step(self, phase: str, batch) -> Optional[Dict[str, torch.Tensor]]:
         images, labels = batch
+        labels = self.seen_only(labels)
         if self.stage.kind == "segmentation":
             return self.segmentation_step(images, labels)
         return self.classifier_step(images, labels)
+
+    def seen_only(self, labels: torch.Tensor) -> torch.Tensor:
+        """Train ids with every value outside the seen ids 0..S-1 set to ignore. The loader already writes unseen
+        pixels as ignore; this makes the guarantee local: whatever a label map holds, no unseen id reaches a loss
+        unless this trainer's own pseudo-labelling put it there."""
+        return torch.where(labels < self.num_seen, labels, torch.full_like(labels, self.model.ignore_index))
 
     # ---- pseudo-labels ------------------------------------------------------------------------------------
     def pseudo_labels(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

@@ -63,6 +63,7 @@ STAGES: Dict[str, Stage] = {
     "zs3net_step1": Stage("demo_zs3net.yaml", "step1", "zs3net"),
     "zs3net": Stage("demo_zs3net_finetune.yaml", "mixed", "zs3net", init_from="zs3net_step1"),
     "zs3net_st": Stage("demo_zs3net_st.yaml", "st", "zs3net", init_from="zs3net"),
+    "zs3net_st_mixed": Stage("demo_zs3net_st.yaml", "st_mixed", "zs3net", init_from="zs3net_st"),
     # the runs of `make demo` (demo/run.py): experiment 0, the same configs and seed
     "cagnet_step1": Stage("demo.yaml", "step1", "0"),
     "cagnet": Stage("demo_finetune.yaml", "mixed", "0", init_from="cagnet_step1"),
@@ -74,7 +75,7 @@ ROWS: Tuple[Row, ...] = (
     Row("SPNet", "spnet"),
     Row("SPNet-c", "spnet", ("--calibrate", "{gamma}")),
     Row("ZS3Net", "zs3net"),
-    Row("ZS3Net+ST", "zs3net_st"),
+    Row("ZS3Net+ST", "zs3net_st_mixed"),
     Row("CaGNet", "cagnet"),
     Row("CaGNet+ST", "cagnet_st_mixed"),
 )

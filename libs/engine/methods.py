@@ -13,7 +13,7 @@ from typing import Dict, Type
 METHODS: Dict[str, str] = {
     "cagnet": "libs.engine.trainers.cagnet:CaGNetTrainer",
     "spnet": "libs.engine.trainers.spnet:SPNetTrainer",
-    # "zs3net": "libs.engine.trainers.zs3net:ZS3NetTrainer",   (merged by the lead with the ZS3Net branch)
+    "zs3net": "libs.engine.trainers.zs3net:ZS3NetTrainer",
 }
 METHOD_NAMES = tuple(METHODS)
 # Checkpoints without a method record (the original release's, and this code's before the record existed).

@@ -49,7 +49,7 @@ EXPECTED = {
                   "back.n_classes": 128, "IMAGE.SIZE.BASE": 64, "back.bn_calibration_batches": 20},
     "demo_finetune.yaml": {"ITER_MAX_TRANSFER": 1200, "interval_step1": 20, "interval_step2": 20,
                            "dis_scheduler.lr_policy": "constant", "lambda_D_cls_fake_transfer": 1,
-                           "update_back": False, "init_model": "./Results/demo/zs3net/models/00001500.pth"},
+                           "update_back": False, "init_model": "./Results/demo/0/models/00001500.pth"},
     "voc12.yaml": {
         "snapshot": 2000, "ITER_MAX": 40000, "dis_opt.lr": 0.00025, "back_opt.lr": 0.00025, "gen_opt.lr": 0.0002,
         "dis_scheduler.start_decay_iter": 10000, "dis_scheduler.step_size": 5000, "dis_scheduler.gamma": 0.71,
@@ -143,7 +143,8 @@ SHIPPED["demo_zs3net_finetune.yaml"] = ("mixed", {"mixed"})
 SHIPPED["demo_zs3net_st.yaml"] = ("st", {"st", "st_mixed"})
 EXPECTED["demo_zs3net.yaml"] = {"method": "zs3net", "ITER_MAX": 1500, "back.n_classes": 128,
                                 "back.bn_calibration_batches": 20}
-EXPECTED["demo_zs3net_finetune.yaml"] = {"method": "zs3net", "init_model": "./Results/demo/zs3net/models/00001500.pth"}
+EXPECTED["demo_zs3net_finetune.yaml"] = {"method": "zs3net",
+                                         "init_model": "./Results/demo/zs3net/models/00001500.pth"}
 EXPECTED["demo_zs3net_st.yaml"] = {"method": "zs3net", "zs3.pseudo_label_percent": 25}
 
 

@@ -80,6 +80,10 @@ class ZS3NetTrainer(Trainer):
         groups = model.param_groups()
         params = {"dis": groups["dis"], "gen": groups["gen"],
                   "back": [p for group in optimizers["back"].param_groups for p in group["params"]]}
+        if not sigmas or min(sigmas) <= 0:
+            raise ValueError(f"zs3.mmd_sigmas must be a non-empty list of positive bandwidths, got {list(sigmas)}")
+        if not 0 < float(percent) <= 100:
+            raise ValueError(f"zs3.pseudo_label_percent must be in (0, 100], got {percent}")
         super().__init__(model, optimizers, schedulers, params, schedule=schedule, parallel=None,
                          precision=precision)
         self.stage = stage

@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+from libs.engine.precision import Precision
 from libs.engine.schedules import get_schedule
 from libs.engine.trainers.cagnet import backbone_optimizer
 from libs.engine.trainers.zs3net import STAGES, ZS3NetTrainer, unseen_count
@@ -148,3 +149,27 @@ def test_several_processes_are_refused():
     with pytest.raises(ValueError, match="one process only"):
         ZS3NetTrainer(model, {}, {}, stage=STAGES["step1"], num_seen=S, num_unseen=U, unseen_rate=0, sigmas=(2,),
                       parallel=object())
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+@pytest.mark.parametrize("schedule", ["step1", "mixed"])
+def test_mixed_precision_steps_are_finite_and_train(amp, schedule):
+    """Every backward/step goes through the base trainer's routing: autocast, and fp16's scaler (which updates
+    after each generator step, since each is an optimizer step of its own)."""
+    trainer = make_trainer(schedule)
+    trainer.precision = Precision(amp, "cpu")
+    before = copy.deepcopy(trainer.model.state_dict())
+    values = trainer.step(trainer.phase(0), batch())
+    assert all(torch.isfinite(v).all() for v in values.values())
+    assert not torch.equal(before["cls.weight"], trainer.model.cls.weight)
+
+
+def test_bad_zs3_values_are_clear_errors():
+    model = tiny_zs3net(S, U)
+    opts = make_trainer(model=model)
+    with pytest.raises(ValueError, match="zs3.mmd_sigmas"):
+        ZS3NetTrainer(model, opts.optimizers, opts.schedulers, stage=STAGES["mixed"], num_seen=S, num_unseen=U,
+                      unseen_rate=0, sigmas=(2, 0))
+    with pytest.raises(ValueError, match="zs3.pseudo_label_percent"):
+        ZS3NetTrainer(model, opts.optimizers, opts.schedulers, stage=STAGES["st"], num_seen=S, num_unseen=U,
+                      unseen_rate=0, sigmas=(2,), percent=0)

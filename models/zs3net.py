@@ -65,7 +65,7 @@ class ZS3Net(nn.Module):
                  all_embeddings: torch.Tensor, feat_dim: int, noise: str = "uniform", ignore_index: int = 255):
         super().__init__()
         if noise not in NOISE_LAWS:
-            raise ValueError(f"zs3.noise must be one of {', '.join(NOISE_LAWS)}, got {noise!r}")
+            raise ValueError(f"zs3_noise must be one of {', '.join(NOISE_LAWS)}, got {noise!r}")
         self.Em_vis = EmbeddingTable(seen_embeddings)
         self.Em_all = EmbeddingTable(all_embeddings)
         self.gen = gen

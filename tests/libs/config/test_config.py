@@ -139,14 +139,14 @@ for _ds, _decay, _transfer, _rate, _p, _lr_st in (("voc12", 10, 39690, 9, 25, 5e
     EXPECTED[f"zs3net_{_ds}.yaml"] = {
         "method": "zs3net", "ITER_MAX": 40000, "back_opt.lr": 0.00025, "dis_opt.lr": 0.0025, "dis_opt.OPTIMIZER":
         "sgd", "back_scheduler.lr_decay_iter": _decay, "dis_scheduler.lr_decay_iter": _decay, "IMAGE.SIZE.TRAIN": 368,
-        "BATCH_SIZE.TRAIN": 8, "zs3.noise_dim": 600, "zs3.mmd_sigmas": (2, 5, 10, 20, 40, 80)}
+        "BATCH_SIZE.TRAIN": 8, "zs3_noise_dim": 600, "zs3_mmd_sigmas": (2, 5, 10, 20, 40, 80)}
     EXPECTED[f"zs3net_{_ds}_finetune.yaml"] = {
         "method": "zs3net", "ITER_MAX_TRANSFER": _transfer, "dis_opt.lr_transfer": 0.07, "gen_opt.lr_transfer": 0.0002,
         "back_opt.lr_transfer": 0.0, "dis_scheduler.lr_decay_iter": 1, "gen_unseen_rate": _rate,
-        "gen_scheduler.lr_policy": "constant", "zs3.mmd_samples": 128, "zs3.reset_classifier": True}
+        "gen_scheduler.lr_policy": "constant", "zs3_mmd_samples": 128, "zs3_reset_classifier": True}
     EXPECTED[f"zs3net_st_{_ds}.yaml"] = {
         "method": "zs3net", "ITER_MAX_ST": 10000, "ITER_MAX_ST_TRANSFER": 10000, "back_opt.lr_st": _lr_st,
-        "dis_opt.lr_st_transfer": 0.07, "zs3.pseudo_label_percent": _p, "init_model": "none"}
+        "dis_opt.lr_st_transfer": 0.07, "zs3_pseudo_label_percent": _p, "init_model": "none"}
 EXPECTED["zs3net_cocostuff.yaml"]["init_model"] = "./trained_models/spnet_cocostuff_init.pth"
 SHIPPED["demo_zs3net.yaml"] = ("step1", {"step1"})
 SHIPPED["demo_zs3net_finetune.yaml"] = ("mixed", {"mixed"})
@@ -155,7 +155,7 @@ EXPECTED["demo_zs3net.yaml"] = {"method": "zs3net", "ITER_MAX": 1500, "back.n_cl
                                 "back.bn_calibration_batches": 20}
 EXPECTED["demo_zs3net_finetune.yaml"] = {"method": "zs3net",
                                          "init_model": "./Results/demo/zs3net/models/00001500.pth"}
-EXPECTED["demo_zs3net_st.yaml"] = {"method": "zs3net", "zs3.pseudo_label_percent": 25}
+EXPECTED["demo_zs3net_st.yaml"] = {"method": "zs3net", "zs3_pseudo_label_percent": 25}
 
 
 def raw(name="voc12.yaml"):

@@ -144,6 +144,8 @@ SCHEMA: tuple = tuple([
     _req("display_interval", "int", "Print the running losses every this many iterations.", minimum=1),
     _req("log_interval", "int", "Append the running losses to the log file every this many iterations.", minimum=1),
     _req("snapshot", "int", "Save a checkpoint and evaluate on the test set every this many iterations.", minimum=1),
+    _new("keep_last", "int", 0, "Keep only the newest this many checkpoints of a schedule: older ones are deleted "
+         "after each successful save (0: keep all, as the original).", minimum=0),
     _sched("ITER_MAX", "int", "Iterations of --schedule step1.", minimum=1),
     _sched("ITER_MAX_TRANSFER", "int", "Iterations of --schedule mixed (finetuning).", minimum=1),
     _sched("ITER_MAX_ST", "int", "Iterations of --schedule st (self-training).", minimum=1),

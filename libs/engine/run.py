@@ -15,7 +15,7 @@ from typing import Dict, Optional
 
 import torch
 
-from libs.checkpoint import atomic_save, load_model_weights, read_checkpoint, snapshot
+from libs.checkpoint import load_model_weights, prepare_snapshot_dir, read_checkpoint, save_checkpoint, snapshot
 from libs.config import Config, check_schedule_keys, iter_max, load_config, save_config
 from libs.datasets import ZeroShotSegmentation, collate_test, load_class_splits, load_split_list
 from libs.datasets.stream import BatchStream
@@ -115,7 +115,8 @@ class Run:
         if options.resume_from <= 0:
             init_weights(self.model, cfg["init"])
             if self.init_model is not None:
-                log.info(load_model_weights(self.model, self.init_model).summary())
+                purpose = "evaluate" if options.evaluate_only else "train"   # --val needs a complete model
+                log.info(load_model_weights(self.model, self.init_model, purpose=purpose).summary())
             elif options.evaluate_only or self.schedule.pseudo_labels:
                 what = "--val" if options.evaluate_only else f"--schedule {self.schedule.name}"
                 raise ValueError(f"{what} needs a model: pass --init_model (the config {self.config_path} has no "
@@ -188,7 +189,8 @@ class Run:
         state = {"trainer": self.trainer.state_dict(), "stream": self.stream.state_dict(), "rng": rng_ranks[0],
                  "rng_ranks": rng_ranks, "run": self.run_record(), "schedule": self.schedule.name}
         path = self._checkpoint_path(iteration)
-        atomic_save(snapshot(self.model, iteration, state, self.cfg.to_dict()), path)
+        save_checkpoint(snapshot(self.model, iteration, state, self.cfg.to_dict()), path,
+                        keep_last=self.cfg.value("keep_last", 0))
         log.info("saved %s", path)
 
     def restore(self, iteration: int) -> int:
@@ -274,6 +276,8 @@ class Run:
     def train(self) -> None:
         cfg, options = self.cfg, self.options
         processes = self.processes
+        if processes.is_main:   # writable, and no temporary files of a killed save (before any work)
+            prepare_snapshot_dir(self.model_dir)
         train_data = self._dataset("train", train=True, seed=self.seed)
         self.stream = BatchStream(train_data, cfg.value("BATCH_SIZE.TRAIN"), self._workers(), self.seed,
                                   pin_memory=self.device.type == "cuda", rank=processes.rank,

@@ -34,13 +34,17 @@ _ARRAY_GLOBALS = frozenset({
 })
 
 
+class _Refused(pickle.UnpicklingError):
+    """The pickle names a global that a numpy array does not need."""
+
+
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles numpy arrays, numbers, strings, lists and dicts only."""
 
     def find_class(self, module, name):
         if (module, name) in _ARRAY_GLOBALS or (module == 'numpy.dtypes' and name.endswith('DType')):
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name}")
+        raise _Refused(f"{module}.{name}")
 
 
 def load_vector_file(path: str) -> np.ndarray:
@@ -52,7 +56,7 @@ def load_vector_file(path: str) -> np.ndarray:
         # The shipped files were pickled by Python 3 with numpy; latin-1 also reads Python-2 numpy pickles.
         try:
             vectors = _ArrayUnpickler(f, encoding='latin1').load()
-        except pickle.UnpicklingError as exc:
+        except _Refused as exc:
             raise ValueError(f"{path}: refused: the pickle refers to {exc}, which a word-vector table does not "
                              f"need, and unpickling it could run arbitrary code. Expected a pickled numpy array "
                              f"(K, D) (tools/build_word_vectors.py writes one)") from None

@@ -123,7 +123,9 @@ def read_checkpoint(path: str, trust: Optional[bool] = None) -> dict:
             raise ValueError(f"checkpoint {path!r} could not be read safely ({detail}): it is damaged, not a "
                              f"torch checkpoint, or needs full unpickling, which can run arbitrary code; only "
                              f"if you trust its source, pass {TRUST_FLAG}") from None
-    log.warning("%s: loading %s with full unpickling (%s); it could run code", TRUST_FLAG, path, detail)
+    found = re.search(r"GLOBAL ([\w.]+)", detail)
+    log.warning("%s: loading %s with full unpickling (it refers to %s); it could run code", TRUST_FLAG, path,
+                found.group(1) if found else detail)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
@@ -132,7 +134,8 @@ def read_checkpoint(path: str, trust: Optional[bool] = None) -> dict:
 
 # Model tensors that predictions do not need from a file: the word-embedding tables (rebuilt from the dataset's
 # word vectors) and the generator (CaGNet.predict = classifier on the backbone's features).
-_NOT_NEEDED_TO_PREDICT = ("Em_vis.", "Em_all.", "gen.")
+_EMBEDDING_TABLES = ("Em_vis.", "Em_all.")
+_NOT_NEEDED_TO_PREDICT = (*_EMBEDDING_TABLES, "gen.")
 PURPOSES = ("train", "evaluate")
 
 
@@ -145,19 +148,24 @@ def _check_complete(report: LoadReport, own: List[str], purpose: Optional[str]) 
     that the file leaves unset; for `train` a file that leaves most tensors unset is a warning."""
     shared = len(own) - len(report.missing)
     if shared == 0:
-        raise ValueError(f"{report.source}: the {report.kind} shares no key with the model ({len(report.unexpected)} "
-                         f"keys such as {_listing(report.unexpected, 3)}; the model has {len(own)} such as "
-                         f"{_listing(own, 3)}): it is not a CaGNet/DeepLab state dict")
+        count = len(report.unexpected)
+        raise ValueError(f"{report.source}: the {report.kind} shares no key with the model ({count} "
+                         f"key{'s' if count != 1 else ''} such as {_listing(report.unexpected, 3)}; the model has "
+                         f"{len(own)} such as {_listing(own, 3)}): it is not a CaGNet/DeepLab state dict")
     if purpose == "evaluate":
         needed = [k for k in report.missing if not k.startswith(_NOT_NEEDED_TO_PREDICT)]
         if needed:
             raise ValueError(f"{report.source}: {len(needed)} tensors that predictions use are not in the file "
                              f"({_listing(needed)}); evaluating would score random weights. Evaluate a complete "
                              f"model (a CaGNet checkpoint such as *_ourbest.pth or a training snapshot)")
-    elif purpose == "train" and len(report.missing) > len(own) / 2:
-        log.warning("%s sets only %d of the model's %d tensors; the other %d (%s) keep their random "
-                    "initialisation", report.source, shared, len(own), len(report.missing),
-                    _listing(report.missing))
+    elif purpose == "train":
+        # the embedding tables come from the word vectors, not from an init file: they are not counted
+        tensors = [k for k in own if not k.startswith(_EMBEDDING_TABLES)]
+        unset = [k for k in report.missing if not k.startswith(_EMBEDDING_TABLES)]
+        if len(unset) > len(tensors) / 2:
+            log.warning("%s sets only %d of the model's %d tensors (word-embedding tables not counted); the other "
+                        "%d (%s) keep their initialisation (config key init)", report.source,
+                        len(tensors) - len(unset), len(tensors), len(unset), _listing(unset))
 
 
 def load_model_weights(model: torch.nn.Module, checkpoint, source: str = "<memory>",

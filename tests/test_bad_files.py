@@ -118,7 +118,8 @@ def test_a_snapshot_of_an_earlier_version_loads_only_with_the_opt_in(base):
     assert refused.returncode == 2 and "numpy._core.multiarray._reconstruct" in refused.stderr
     trusted = run(*args, "--trust_checkpoint")
     assert trusted.returncode == 0, trusted.stderr[-3000:]
-    assert f"--trust_checkpoint: loading {legacy} with full unpickling" in trusted.stderr
+    assert f"--trust_checkpoint: loading {legacy} with full unpickling (it refers to " \
+           "numpy._core.multiarray._reconstruct); it could run code" in trusted.stderr
     assert "Test results of" in trusted.stdout
 
 
@@ -153,7 +154,8 @@ def test_training_from_a_foreign_or_mostly_unset_init(base):
     classifier = base["files"]["classifier_only.pth"]
     proc = run("--config", base["config"], "--init_model", classifier, "--experimentid", "partial", "--max_iter", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"{classifier} sets only 6 of the model's 131 tensors; the other 125" in proc.stderr
+    assert f"{classifier} sets only 6 of the model's 129 tensors (word-embedding tables not counted); " \
+           "the other 123 (gen.mlp.0.conv.weight" in proc.stderr
 
 
 def test_an_output_folder_that_is_a_file(base, tmp_path):

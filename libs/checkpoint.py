@@ -6,6 +6,10 @@ in the original key layout, so the authors' code (and ours) can load it as an in
 file is read with `torch.load(weights_only=True)`: a file that needs full unpickling (which can run any code) is
 refused unless the user opts in (`--trust_checkpoint`, `trust_checkpoints`). Every file read is logged with its
 sha256, so a run records exactly what it started from.
+
+Method record: a checkpoint of a method other than CaGNet carries `'method'` (libs/engine/methods.py); one
+without the record (the original release's, or written before the record existed) is a CaGNet checkpoint. Bare
+state dicts (init weights such as DeepLab's ImageNet file) belong to no method.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 
+from libs.engine.methods import DEFAULT_METHOD
 from libs.io import atomic_write, ensure_writable_dir, file_sha256, log, remove_stale_temporaries
 
 # One explicit rename table between the original layout (left) and ours (right). Everything else
@@ -133,7 +138,8 @@ def read_checkpoint(path: str, trust: Optional[bool] = None) -> dict:
 
 
 # Model tensors that predictions do not need from a file: the word-embedding tables (rebuilt from the dataset's
-# word vectors) and the generator (CaGNet.predict = classifier on the backbone's features).
+# word vectors) and the generator. Every method predicts from the rest: CaGNet and ZS3Net a classifier on the
+# backbone's features, SPNet the backbone's features against Em_all.
 _EMBEDDING_TABLES = ("Em_vis.", "Em_all.")
 _NOT_NEEDED_TO_PREDICT = (*_EMBEDDING_TABLES, "gen.")
 PURPOSES = ("train", "evaluate")
@@ -151,13 +157,13 @@ def _check_complete(report: LoadReport, own: List[str], purpose: Optional[str]) 
         count = len(report.unexpected)
         raise ValueError(f"{report.source}: the {report.kind} shares no key with the model ({count} "
                          f"key{'s' if count != 1 else ''} such as {_listing(report.unexpected, 3)}; the model has "
-                         f"{len(own)} such as {_listing(own, 3)}): it is not a CaGNet/DeepLab state dict")
+                         f"{len(own)} such as {_listing(own, 3)}): it is not a state dict of this model")
     if purpose == "evaluate":
         needed = [k for k in report.missing if not k.startswith(_NOT_NEEDED_TO_PREDICT)]
         if needed:
             raise ValueError(f"{report.source}: {len(needed)} tensors that predictions use are not in the file "
                              f"({_listing(needed)}); evaluating would score random weights. Evaluate a complete "
-                             f"model (a CaGNet checkpoint such as *_ourbest.pth or a training snapshot)")
+                             f"model (a full checkpoint such as *_ourbest.pth or a training snapshot)")
     elif purpose == "train":
         # the embedding tables come from the word vectors, not from an init file: they are not counted
         tensors = [k for k in own if not k.startswith(_EMBEDDING_TABLES)]
@@ -168,11 +174,35 @@ def _check_complete(report: LoadReport, own: List[str], purpose: Optional[str]) 
                         len(tensors) - len(unset), len(tensors), len(unset), _listing(unset))
 
 
+def checkpoint_method(checkpoint) -> str | None:
+    """The method that wrote a checkpoint: its `method` record, else its config's `method`, else cagnet; None for
+    a bare state dict (init weights belong to no method)."""
+    if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
+        return None
+    if checkpoint.get("method"):
+        return str(checkpoint["method"])
+    config = checkpoint.get("config")
+    if isinstance(config, Mapping) and config.get("method"):
+        return str(config["method"])
+    return DEFAULT_METHOD
+
+
+def check_method(checkpoint, method: str, source: str, what: str) -> None:
+    """Raise ValueError when `checkpoint` (a full one) was written by another method than `method`."""
+    found = checkpoint_method(checkpoint)
+    if found is not None and found != method:
+        raise ValueError(f"{what}: {source} is a {found} checkpoint, but the config has method {method}; use a "
+                         f"config with method: {found} (configs/{found}_<dataset>.yaml or configs/<dataset>.yaml "
+                         "for cagnet)")
+
+
 def load_model_weights(model: torch.nn.Module, checkpoint, source: str = "<memory>",
-                       purpose: Optional[str] = None) -> LoadReport:
+                       strict: bool | None = None, purpose: Optional[str] = None) -> LoadReport:
     """Load a CaGNet checkpoint (`{'iteration', 'state_dict', ...}`, strict) or a bare state dict such as
     the DeepLab init weights (non-strict: what matches loads, the rest is reported).
 
+    strict=False loads a full checkpoint like a bare state dict (another method's checkpoint as init weights,
+    e.g. an SPNet backbone for CaGNet); None: strict for full checkpoints.
     Faithful to the original: a full checkpoint's Em_vis/Em_all replace the tables built from the word
     vectors. A tensor whose shape differs from the model's is an error naming every such key, and so is a
     state dict sharing no key with the model. `purpose` "evaluate" (--val, prediction) also refuses a file that
@@ -186,8 +216,9 @@ def load_model_weights(model: torch.nn.Module, checkpoint, source: str = "<memor
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"{source}: expected a state dict or a dict with 'state_dict', got "
                          f"{type(checkpoint).__name__}")
-    strict = "state_dict" in checkpoint
-    weights = checkpoint["state_dict"] if strict else checkpoint
+    full = "state_dict" in checkpoint
+    strict = full if strict is None else (strict and full)
+    weights = checkpoint["state_dict"] if full else checkpoint
     if not all(isinstance(v, torch.Tensor) for v in weights.values()):
         bad = [k for k, v in weights.items() if not isinstance(v, torch.Tensor)][:5]
         raise ValueError(f"{source}: entries {bad} are not tensors; this is not a model state dict")
@@ -200,13 +231,15 @@ def load_model_weights(model: torch.nn.Module, checkpoint, source: str = "<memor
                          f"(wrong dataset config or model size?):\n  " + "\n  ".join(mismatched))
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]
-    kind = "CaGNet checkpoint" if strict else "bare state dict"
+    method = checkpoint_method(checkpoint)
+    name = "CaGNet" if method == DEFAULT_METHOD else method
+    kind = f"{name} checkpoint" if strict else (f"{name} checkpoint as init weights" if full else "bare state dict")
     if strict and (missing or unexpected):
         report = LoadReport(source, kind, missing, unexpected)
-        raise ValueError(f"{source}: a CaGNet checkpoint must match the model exactly.\n{report.summary()}")
+        raise ValueError(f"{source}: a {name} checkpoint must match the model exactly.\n{report.summary()}")
     _check_complete(LoadReport(source, kind, missing, unexpected), list(own), purpose)
     model.load_state_dict({k: v for k, v in weights.items() if k in own}, strict=False)
-    iteration = checkpoint.get("iteration") if strict else None
+    iteration = checkpoint.get("iteration") if full else None
     return LoadReport(source, kind, missing, unexpected, iteration)
 
 
@@ -255,10 +288,13 @@ def save_checkpoint(obj, path: str, keep_last: int = 0) -> List[str]:
 
 
 def snapshot(model: torch.nn.Module, iteration: int, training_state: dict | None = None,
-             config: dict | None = None) -> dict:
-    """The checkpoint dict: the original's two keys plus, optionally, what an exact resume needs."""
+             config: dict | None = None, method: str | None = None) -> dict:
+    """The checkpoint dict: the original's two keys plus, optionally, what an exact resume needs and the method
+    that wrote it (the record `checkpoint_method` reads)."""
     state = {k: v.detach().cpu() for k, v in ours_to_original(model.state_dict()).items()}
     out = {"iteration": int(iteration), "state_dict": state}
+    if method is not None:
+        out["method"] = str(method)
     if training_state is not None:
         out["training_state"] = training_state
     if config is not None:
@@ -267,9 +303,14 @@ def snapshot(model: torch.nn.Module, iteration: int, training_state: dict | None
 
 
 def export_original(checkpoint: Mapping, iteration: int | None = None) -> dict:
-    """Strip a checkpoint to exactly the original release's layout: {'iteration', 'state_dict'}."""
+    """Strip a checkpoint to exactly the original release's layout: {'iteration', 'state_dict'}; another method's
+    checkpoint keeps its `method` record (so it is still refused as a CaGNet model)."""
     if "state_dict" not in checkpoint:
         raise ValueError("export: the input has no 'state_dict' entry; it is not a CaGNet checkpoint")
     weights = ours_to_original(original_to_ours(checkpoint["state_dict"]))
     it = checkpoint.get("iteration", 0) if iteration is None else iteration
-    return {"iteration": int(it), "state_dict": dict(weights)}
+    out = {"iteration": int(it), "state_dict": dict(weights)}
+    method = checkpoint_method(checkpoint)
+    if method != DEFAULT_METHOD:
+        out["method"] = method
+    return out

@@ -12,11 +12,12 @@ import argparse
 import os
 import sys
 
+from libs.checkpoint import trust_checkpoints
 from libs.engine.evaluation import EVAL_MODES
 from libs.engine.precision import AMP_MODES
 from libs.engine.run import Run, RunOptions, run_config
 from libs.engine.schedules import SCHEDULE_NAMES
-from libs.io import log
+from libs.io import OutputError, log
 
 
 def parse_args(argv=None):
@@ -55,6 +56,9 @@ def parse_args(argv=None):
                         help="mixed precision (default: the config's amp, off = float32, the faithful numbers)")
     parser.add_argument("--channels_last", action="store_true", default=None,
                         help="channels-last memory layout for the convolutions (default: the config's channels_last)")
+    parser.add_argument("--trust_checkpoint", action="store_true",
+                        help="also load checkpoints that need full unpickling (which can run arbitrary code): "
+                             "only for files from a source you trust, e.g. snapshots of earlier versions")
     args = parser.parse_args(argv)
     if args.val and args.resume_from > 0:
         parser.error("--val cannot be combined with --resume_from")
@@ -71,6 +75,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    trust_checkpoints(args.trust_checkpoint)
     options = RunOptions(schedule=args.schedule, experiment_id=args.experimentid, resume_from=args.resume_from,
                          init_model=None if args.init_model == "none" else args.init_model, device=args.device,
                          multigpus=args.multigpus, ngpu=args.ngpu, seed=args.seed, max_iter=args.max_iter,
@@ -87,7 +92,7 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, OutputError) as error:
         # The logger prints to the console once set up; before that (a bad config) only stderr can say it.
         if log.handlers:
             log.error("error: %s", error)

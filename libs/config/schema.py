@@ -153,6 +153,8 @@ SCHEMA: tuple = tuple([
     _req("display_interval", "int", "Print the running losses every this many iterations.", minimum=1),
     _req("log_interval", "int", "Append the running losses to the log file every this many iterations.", minimum=1),
     _req("snapshot", "int", "Save a checkpoint and evaluate on the test set every this many iterations.", minimum=1),
+    _new("keep_last", "int", 0, "Keep only the newest this many checkpoints of a schedule: older ones are deleted "
+         "after each successful save (0: keep all, as the original).", minimum=0),
     _sched("ITER_MAX", "int", "Iterations of --schedule step1.", minimum=1),
     _new("ITER_SIZE", "int", 1, "Gradient accumulation (spnet only, SPNet's ITER_SIZE): an iteration loads "
          "BATCH_SIZE.TRAIN x ITER_SIZE images and back-propagates them in ITER_SIZE chunks of BATCH_SIZE.TRAIN, "

@@ -149,6 +149,14 @@ for _ds, _decay, _transfer, _rate, _p, _lr_st in (("voc12", 10, 39690, 9, 25, 5e
         "dis_opt.lr_st_transfer": 0.07, "zs3_pseudo_label_percent": _p, "init_model": "none"}
 EXPECTED["zs3net_cocostuff.yaml"]["init_model"] = "./trained_models/spnet_cocostuff_init.pth"
 SHIPPED["demo_zs3net.yaml"] = ("step1", {"step1"})
+SHIPPED["demo_spnet.yaml"] = ("step1", {"step1"})
+SHIPPED["demo_st.yaml"] = ("st", {"st"})
+SHIPPED["demo_st_transfer.yaml"] = ("st_mixed", {"st_mixed"})
+EXPECTED["demo_spnet.yaml"] = {"method": "spnet", "ITER_MAX": 1500, "init_model": "none"}
+EXPECTED["demo_st.yaml"] = {"ITER_MAX_ST": 200, "update_back": True,
+                            "init_model": "./Results/demo/0/models_transfer/00001200.pth"}
+EXPECTED["demo_st_transfer.yaml"] = {"ITER_MAX_ST_TRANSFER": 200, "update_back": False,
+                                     "init_model": "./Results/demo/0/models_st/00000200.pth"}
 SHIPPED["demo_zs3net_finetune.yaml"] = ("mixed", {"mixed"})
 SHIPPED["demo_zs3net_st.yaml"] = ("st", {"st", "st_mixed"})
 EXPECTED["demo_zs3net.yaml"] = {"method": "zs3net", "ITER_MAX": 1500, "back.n_classes": 128,

@@ -1,6 +1,6 @@
 """ZS3Net (Bucher et al., NeurIPS 2019) on CaGNet's backbone: segmentation network, GMMN generator, classifier.
 
-As the CaGNet tables need it (baselines-spec §2.4, docs/baselines_zs3net.md): the DeepLabv2 backbone of CaGNet's
+As the CaGNet tables need it (baselines-spec §2.4, docs/baselines.md): the DeepLabv2 backbone of CaGNet's
 `back.scale` without the contextual module, feature x = sigmoid(ASPP output h) (600-d, in (0, 1) like CaGNet's h0),
 a 1x1-conv classifier x -> S + U logits with bias (ZS3's `pred_conv`), and a generative moment-matching network
 [class embedding ; noise] -> fake feature. Key names `back.scale.backbone.*` are CaGNet's, so the checkpoint layout

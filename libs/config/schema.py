@@ -253,7 +253,7 @@ SCHEMA: tuple = tuple([
     _new("calibration", "float", 0.0, "Calibrated stacking at evaluation (SPNet-c): gamma subtracted from the seen "
          "classes' softmax probabilities before the argmax over the seen and unseen classes; 0 = the plain argmax "
          "over every classifier channel (the original's); --calibrate overrides it.", minimum=0.0, maximum=1.0),
-    # ---- ZS3Net (method zs3net, docs/baselines_zs3net.md): zs3_* keys, read by trainers/zs3net.py only ----
+    # ---- ZS3Net (method zs3net, docs/baselines.md): zs3_* keys, read by trainers/zs3net.py only ----
     _new("zs3_noise_dim", "int", 600, "ZS3Net: noise channels of the GMMN generator's input [embedding ; noise] "
          "(ZS3's rule: = embedding dim).", minimum=1),
     _new("zs3_gen_hidden", "int", 256, "ZS3Net: hidden width of the GMMN generator (Linear, LeakyReLU 0.2, "

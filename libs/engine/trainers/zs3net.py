@@ -1,4 +1,4 @@
-"""ZS3Net and ZS3Net+ST training on CaGNet's backbone and protocol (docs/baselines_zs3net.md, baselines-spec §2.4,
+"""ZS3Net and ZS3Net+ST training on CaGNet's backbone and protocol (docs/baselines.md, baselines-spec §2.4,
 §3).
 
 Schedules (the `--schedule` vocabulary of CaGNet, `STAGES` below):

@@ -129,7 +129,7 @@ for _alias, _original in (("configs_st_voc12.yaml", "configs_st_voc.yaml"),
                           ("configs_st_cocostuff.yaml", "configs_st_coco.yaml"),
                           ("configs_st_transfer_cocostuff.yaml", "configs_st_transfer_coco.yaml")):
     SHIPPED[_original], EXPECTED[_original] = SHIPPED[_alias], EXPECTED[_alias]
-# ZS3Net's configs (docs/baselines_zs3net.md): stage 1, stage 2 (mixed), ZS3Net+ST (st and st_mixed), demo.
+# ZS3Net's configs (docs/baselines.md): stage 1, stage 2 (mixed), ZS3Net+ST (st and st_mixed), demo.
 for _ds, _decay, _transfer, _rate, _p, _lr_st in (("voc12", 10, 39690, 9, 25, 5e-05),
                                                   ("context", 10, 12500, 14, 75, 0.00025),
                                                   ("cocostuff", 100, 29572, 59, 75, 5e-05)):

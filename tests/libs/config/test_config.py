@@ -123,6 +123,17 @@ EXPECTED = {
         "lambda_D_cls_fake_transfer": 0.125, "lambda_G_cls_transfer": 0,
     },
 }
+# The demo table's configs (demo/table.py): SPNet on the demo, CaGNet's demo self-training (st, then st_mixed).
+SHIPPED.update({"demo_spnet.yaml": ("step1", {"step1"}), "demo_st.yaml": ("st", {"st"}),
+                "demo_st_transfer.yaml": ("st_mixed", {"st_mixed"})})
+EXPECTED.update({
+    "demo_spnet.yaml": {"method": "spnet", "ITER_MAX": 600, "back.n_classes": 600, "back_opt.OPTIMIZER": "adam",
+                        "IMAGE.SIZE.BASE": 64, "eval_mode": "feature", "init_model": "none"},
+    "demo_st.yaml": {"ITER_MAX_ST": 200, "update_back": True, "top_p": 1, "back_opt.lr_st": 5e-05,
+                     "init_model": "./Results/demo/0/models_transfer/00001200.pth"},
+    "demo_st_transfer.yaml": {"ITER_MAX_ST_TRANSFER": 200, "update_back": False, "back_opt.lr_st_transfer": 0.0,
+                              "interval_step2": 20, "init_model": "./Results/demo/0/models_st/00000200.pth"},
+})
 # The same self-training files under the original release's names (the names above are aliases of them).
 for _alias, _original in (("configs_st_voc12.yaml", "configs_st_voc.yaml"),
                           ("configs_st_transfer_voc12.yaml", "configs_st_transfer_voc.yaml"),

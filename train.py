@@ -39,7 +39,8 @@ def parse_args(argv=None):
                         help="auto = cuda if available, else cpu")
     parser.add_argument("--seed", type=int, default=None, help="RNG seed (default: the config's seed key, 0)")
     parser.add_argument("--results_json", default=None,
-                        help="--val: write the scores here (default Results/<dataset>/<experimentid>/results_val.json)")
+                        help="--val: write the scores here (default Results/<dataset>/<experimentid>/"
+                             "results_val_<checkpoint>.json, named after --init_model and the protocol)")
     parser.add_argument("--save_predictions", default=None,
                         help="--val: write <image id>.png with predicted raw label ids into this folder")
     parser.add_argument("--save_colour", action="store_true",

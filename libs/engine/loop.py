@@ -16,6 +16,8 @@ from typing import Dict, Optional
 
 import torch
 
+from libs.io import log
+
 # Faithful to the original: the learning rates are reported, and the running averages of the logged losses
 # restart, at the first iteration of a run and every 1000 iterations (docs/method.md §3.11).
 LR_REPORT_INTERVAL = 1000
@@ -69,6 +71,8 @@ class NonFiniteGuard:
         if self.skipped < self.budget:
             self.skipped += 1
             self.last = f"iteration {self.iteration + 1}: {bad}"
+            log.warning("non-finite loss at iteration %d: %s; batch skipped without an update (%d of "
+                        "--skip_nonfinite %d)", self.iteration + 1, bad, self.skipped, self.budget)
             return False
         hint = (f"skipped {self.skipped} such batch(es) before, the budget of --skip_nonfinite {self.budget} is spent"
                 if self.budget else "lower the learning rate, or pass --skip_nonfinite N to skip up to N such batches")

@@ -98,8 +98,11 @@ def config_differences(saved: Config, given: Config, schedule: str) -> List[str]
     """`key: saved -> given` for every training-relevant key on which the two configs differ."""
     a, b = _flatten(saved.to_dict()), _flatten(given.to_dict())
     free = _free_keys(schedule)
-    return [f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}"
-            for key in list(a) + [k for k in b if k not in a] if key not in free and a.get(key) != b.get(key)]
+
+    def shown(values, key):
+        return repr(values[key]) if key in values else "(absent)"
+    return [f"{key}: {shown(a, key)} -> {shown(b, key)}" for key in list(a) + [k for k in b if k not in a]
+            if key not in free and a.get(key) != b.get(key)]
 
 
 def run_config(config_path: str, options: RunOptions) -> Config:

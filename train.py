@@ -127,6 +127,9 @@ if __name__ == "__main__":
     except NonFiniteLoss as error:
         _report(error)
         sys.exit(3)
+    except KeyboardInterrupt:       # outside training (which saves and stops cleanly): --val, start-up
+        print("\ninterrupted (nothing to save outside training)", file=sys.stderr)
+        sys.exit(130)
     except (ValueError, FileNotFoundError) as error:
         _report(error)
         sys.exit(2)

@@ -346,7 +346,8 @@ class Run:
         record = {"method": self.cfg["method"], "dataset": self.cfg["dataset"], "eval_mode": self.eval_mode,
                   "calibration": self.calibration, "checkpoint": self.init_model,
                   # "model" is the checkpoint too, under the name earlier versions wrote
-                  "model": self.init_model, "config": self.config_path}
+                  "model": self.init_model, "config": self.config_path,
+                  "checkpoint_sha256": _sha256(self.init_model) if self.init_model else None}
         with open(results, "w") as handle:
             json.dump({**record, **scores_to_json(scores, names, all_scores=True)}, handle, indent=2)
         write_class_csv(class_csv_path(results), class_table(scores["confusion"], self.splits.num_seen, names))

@@ -172,6 +172,7 @@ def test_sigterm_saves_a_checkpoint_prints_the_resume_command_and_the_resume_is_
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     for line in proc.stdout:
         if "] iter " in line:
+            assert "[step1 step1] iter 1/30 G_GAN" in line
             proc.send_signal(signal.SIGTERM)
             break
     out, err = proc.communicate(timeout=300)
@@ -186,6 +187,9 @@ def test_sigterm_saves_a_checkpoint_prints_the_resume_command_and_the_resume_is_
     assert listing(models) == ["%08d.pth" % stopped]
     assert command[2:-2] == args
     train(*command[2:])
+    # display_interval 1 prints every iteration (without a terminal too), log_interval 2 writes every second one
+    log = open(os.path.join(exp("cut"), "logs.txt")).read()
+    assert "[step1 step1] iter 2/30 G_GAN" in log and "iter 1/30" not in log and "iter 29/30" not in log
     a, b = load(os.path.join(exp("whole"), "models", "00000030.pth")), load(os.path.join(models, "00000030.pth"))
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key

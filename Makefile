@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv test test-fast lint demo demo-seeds clean-demo benchmark
+.PHONY: venv test test-fast lint demo demo-seeds demo-table clean-demo benchmark
 
 venv: $(VENV)/.installed
 
@@ -30,6 +30,11 @@ demo: venv
 # The demo over training seeds 0 1 2 (same data), both evaluation modes, mean ± std in demo_output/seeds/summary.md.
 demo-seeds: venv
 	$(PY) -m demo.seeds
+
+# The paper's six rows (SPNet, SPNet-c, ZS3Net, ZS3Net+ST, CaGNet, CaGNet+ST) on the demo: demo_output/table.{json,md},
+# demo_output/table_predictions.png. Reuses make demo's CaGNet runs when they are there.
+demo-table: venv
+	$(PY) -m demo.table
 
 clean-demo:
 	rm -rf dataset/demo Results/demo demo_output

@@ -433,3 +433,41 @@ def l1_content_loss(fake: torch.Tensor, real: torch.Tensor, labels: torch.Tensor
 def mse_content_loss(fake: torch.Tensor, real: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The original's unused 'ContentLossMSE': mean squared difference over the visible pixels' features."""
     return (fake - real).pow(2).mean()
+
+
+# ---- ZS3Net's GMMN loss (baselines-spec §2.2) ----------------------------------------------------------------
+# Bandwidths of ZS3's code (train_pascal_GMMN.py); its paper and CaGNet use 60 instead of 80 (zs3.mmd_sigmas).
+GMMN_SIGMAS = (2, 5, 10, 20, 40, 80)
+
+
+def gmmn_mmd_loss(fake: torch.Tensor, real: torch.Tensor, sigmas: Sequence[float] = GMMN_SIGMAS) -> torch.Tensor:
+    """ZS3's GMMN loss between two sample sets (utils/loss.py there), one class at a time.
+
+    Args:
+        fake: (M, F) generated features; real: (N, F) real features of the same class (the caller detaches them).
+        sigmas: kernel bandwidths, k_sigma(a, b) = exp(-||a - b||^2 / (2 sigma)) (sigma acts as a variance).
+
+    Returns:
+        sqrt(sum_sigma [mean k(fake, fake) + mean k(real, real) - 2 mean k(fake, real)]): the biased MMD^2 over X =
+        [fake; real] summed over the bandwidths, then the square root (0 * that sum when it is <= 0, so the
+        gradient stays finite at 0). Computed in float32 (or float64 for float64 input) with true float32
+        products, whatever autocast is active.
+    """
+    if fake.dim() != 2 or real.dim() != 2 or fake.shape[1] != real.shape[1] or not len(fake) or not len(real):
+        raise ValueError(f"expected non-empty fake (M, F) and real (N, F), got {tuple(fake.shape)} and "
+                         f"{tuple(real.shape)}")
+    if not len(sigmas):
+        raise ValueError("gmmn_mmd_loss needs at least one bandwidth")
+    dtype = torch.promote_types(fake.dtype, torch.float32)
+    with _full_precision_matmul(fake.device.type):
+        x = torch.cat([fake.to(dtype), real.to(dtype)])
+        sq = (x * x).sum(1)
+        d2 = (sq[:, None] + sq[None, :] - 2.0 * x @ x.t()).clamp_min(0.0)
+        m = fake.shape[0]
+        # weights of the biased estimator: +1/M^2 on fake-fake, +1/N^2 on real-real, -1/(MN) on each cross block
+        s = torch.cat([torch.full((m,), 1.0 / m, dtype=dtype, device=x.device),
+                       torch.full((real.shape[0],), -1.0 / real.shape[0], dtype=dtype, device=x.device)])
+        weights = s[:, None] * s[None, :]
+        total = sum((torch.exp(-d2 / (2.0 * float(sigma))) * weights).sum() for sigma in sigmas)
+    positive = total > 0
+    return torch.where(positive, torch.sqrt(torch.where(positive, total, torch.ones_like(total))), 0.0 * total)

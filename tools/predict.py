@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 import torch
 
-from libs.checkpoint import load_model_weights, read_checkpoint
+from libs.checkpoint import check_method, load_model_weights, read_checkpoint
 from libs.config import load_config
 from libs.datasets import ImageFiles, collate_test, load_class_splits, read_class_names
 from libs.datasets.embeddings import EMBEDDING_PARTS, combine_word_vectors, load_vector_file
@@ -196,6 +196,9 @@ def candidates_of(args, cfg, model, splits) -> Candidates:
         return Candidates(model, raw[chosen], splits.raw_names, splits.seen, splits.unseen,
                           channels=torch.tensor(chosen), seen=torch.tensor(chosen) < splits.num_seen,
                           note=f"the model's classes {', '.join(test_names[c] for c in chosen)}")
+    if cfg["method"] != "cagnet":
+        raise ValueError(f"--class_names: new classes by word embeddings are implemented for method cagnet (a "
+                         f"generated-feature classifier head), not {cfg['method']}; use the model's own classes")
     names = read_class_names(args.class_names)
     rows = choose(names, args.classes, f"the classes of {args.class_names}")
     table = word_vector_table(names, rows, args.word_vectors, cfg["embedding"], cfg["emb_without_normal"],
@@ -237,7 +240,9 @@ def main(argv=None) -> int:
     seed_everything(args.seed)
     model = get_method(cfg["method"]).build_model(cfg, splits)
     init_weights(model, cfg["init"])
-    print(load_model_weights(model, read_checkpoint(args.checkpoint), args.checkpoint).summary())
+    checkpoint = read_checkpoint(args.checkpoint)
+    check_method(checkpoint, cfg["method"], args.checkpoint, "tools.predict")
+    print(load_model_weights(model, checkpoint, args.checkpoint).summary())
     device = select_device(args.device, Processes())
     model.to(device).eval()
     calibration = cfg["calibration"] if args.calibrate is None else args.calibrate

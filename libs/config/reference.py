@@ -35,7 +35,7 @@ def _format_type(key: Key) -> str:
 
 def _format_requirement(key: Key) -> str:
     if key.required:
-        return "required"
+        return "required" + (f" (method {', '.join(key.methods)})" if key.methods else "")
     if key.status == "schedule":
         owner = next(sch for sch in sorted(SCHEDULES.values(), key=lambda sch: len(sch.suffix), reverse=True)
                      if key.path.lower().endswith(sch.suffix.lower()))
@@ -61,6 +61,8 @@ values of the wrong type, naming the file, the line, the key and the value.
   (`step1`: no suffix, `mixed`: `_transfer`, `st`: `_st`, `st_mixed`: `_st_transfer`); `check_schedule_keys`
   reports the ones the chosen schedule lacks and names the config meant for it.
 * **Scheduler keys** are needed according to the section's `lr_policy`.
+* **Method keys.** A key marked "required (method cagnet)" is required only in configs of that `method`; an
+  `spnet` config needs no generator/classifier sections (docs/baselines.md).
 * **Numbers.** PyYAML reads `5e-05` (no dot) as a string; float keys accept numeric strings, int keys accept
   integral values such as `4e4`. The shipped configs write `5.0e-05`.
 * **`update_back`** is `t`/`f` in the original files; `true`/`false` are accepted too, and the loaded value is a

@@ -6,10 +6,11 @@ functions read them for the active `--schedule` and name the config meant for it
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 from libs.config.schema import _KEYS, NETS
 from libs.config.validate import Config, ConfigError, _describe
+from libs.engine.methods import DEFAULT_METHOD, get_method
 from libs.engine.schedules import SCHEDULES, get_schedule
 
 # Datasets whose configs ship in configs/, so an error can name the file meant for a schedule.
@@ -40,9 +41,11 @@ def _schedule_error(cfg: Config, schedule: str, missing: list, nets: Sequence[st
     return ConfigError(text)
 
 
-def check_schedule_keys(cfg: Config, schedule: str, nets: Sequence[str] = NETS) -> None:
+def check_schedule_keys(cfg: Config, schedule: str, nets: Optional[Sequence[str]] = None) -> None:
     """Raise ConfigError when the keys that `--schedule schedule` reads (ITER_MAX*, <net>_opt.lr* of the
-    method's networks) are missing."""
+    method's networks; default: the networks of the config's method) are missing."""
+    if nets is None:
+        nets = get_method(cfg.get("method", DEFAULT_METHOD)).networks
     missing = [p for p in _schedule_key_paths(schedule, nets) if cfg.value(p) is None]
     if missing:
         raise _schedule_error(cfg, schedule, missing, nets)

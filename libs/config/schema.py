@@ -7,17 +7,19 @@ renders it as docs/config_reference.md.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from libs.datasets.embeddings import EMBEDDING_DIMS
 from libs.engine.evaluation import EVAL_MODES
+from libs.engine.methods import DEFAULT_METHOD, METHOD_NAMES
 from libs.engine.precision import AMP_MODES
 from libs.engine.schedules import SCHEDULES
-from libs.losses import CONTENT_LOSSES, GAN_TYPES
+from libs.losses import CONTENT_LOSSES, GAN_TYPES, GMMN_SIGMAS
 from libs.optimizers import OPTIMIZERS
 from libs.schedulers import PHASES, POLICIES
 from models.initialization import INIT_SCHEMES
+from models.zs3net import NOISE_LAWS
 
 # Networks whose optimizer and scheduler sections the CaGNet configs carry.
 NETS = ("dis", "gen", "back")
@@ -39,10 +41,15 @@ class Key:
     length: int | None = None
     status: str = ""          # '' (original key), 'new', 'dead', 'schedule', 'policy'
     policies: tuple = ()      # for status 'policy': the lr_policy values that need this key
+    methods: tuple = ()       # the methods that read this key (empty: every method); a required key is
+                              # required only in configs of these methods
 
     @property
     def has_default(self) -> bool:
         return self.default is not _NO_DEFAULT
+
+    def required_for(self, method: str) -> bool:
+        return self.required and (not self.methods or method in self.methods)
 
 
 def _req(path, kind, doc, **kw):
@@ -138,13 +145,18 @@ SCHEMA: tuple = tuple([
     _req("num_unseen", "int", "Number of unseen classes U (must match split/novel_cls.npy).", minimum=1),
     _req("embedding", "choice", "Class word embedding: word2vec (300-d), fasttext (300-d) or fastnvec (fastText then "
          "word2vec, 600-d).", choices=tuple(EMBEDDING_DIMS)),
-    _new("method", "str", "cagnet", "Method to train and evaluate (the method table, libs/engine/methods.py): "
-         "cagnet."),
+    _new("method", "choice", DEFAULT_METHOD, "Method to train and evaluate (the method table, "
+         "libs/engine/methods.py): cagnet (CaGNet), spnet (SPNet; SPNet-c = spnet evaluated with calibration, "
+         "docs/baselines.md). Keys a method does not read (e.g. gen/dis for spnet) are not required in its "
+         "configs.", choices=METHOD_NAMES),
     _req("emb_without_normal", "bool", "True: skip the L2 normalisation of each class embedding."),
     _req("display_interval", "int", "Print the running losses every this many iterations.", minimum=1),
     _req("log_interval", "int", "Append the running losses to the log file every this many iterations.", minimum=1),
     _req("snapshot", "int", "Save a checkpoint and evaluate on the test set every this many iterations.", minimum=1),
     _sched("ITER_MAX", "int", "Iterations of --schedule step1.", minimum=1),
+    _new("ITER_SIZE", "int", 1, "Gradient accumulation (spnet only, SPNet's ITER_SIZE): an iteration loads "
+         "BATCH_SIZE.TRAIN x ITER_SIZE images and back-propagates them in ITER_SIZE chunks of BATCH_SIZE.TRAIN, "
+         "each chunk's loss divided by ITER_SIZE, then steps once.", minimum=1, methods=("spnet",)),
     _sched("ITER_MAX_TRANSFER", "int", "Iterations of --schedule mixed (finetuning).", minimum=1),
     _sched("ITER_MAX_ST", "int", "Iterations of --schedule st (self-training).", minimum=1),
     _sched("ITER_MAX_ST_TRANSFER", "int", "Iterations of --schedule st_mixed.", minimum=1),
@@ -239,7 +251,33 @@ SCHEMA: tuple = tuple([
     _new("calibration", "float", 0.0, "Calibrated stacking at evaluation (SPNet-c): gamma subtracted from the seen "
          "classes' softmax probabilities before the argmax over the seen and unseen classes; 0 = the plain argmax "
          "over every classifier channel (the original's); --calibrate overrides it.", minimum=0.0, maximum=1.0),
+    # ---- ZS3Net (method zs3net; docs/baselines_zs3net.md): read by libs/engine/trainers/zs3net.py only ----
+    _new("zs3.noise_dim", "int", 600, "ZS3Net: noise channels of the GMMN generator's input [embedding ; noise] "
+         "(ZS3's rule: = embedding dim).", minimum=1),
+    _new("zs3.gen_hidden", "int", 256, "ZS3Net: hidden width of the GMMN generator (Linear, LeakyReLU 0.2, "
+         "dropout, Linear).", minimum=1),
+    _new("zs3.gen_dropout", "float", 0.5, "ZS3Net: dropout after the GMMN generator's hidden layer.", minimum=0.0,
+         maximum=1.0),
+    _new("zs3.noise", "choice", "uniform", "ZS3Net: law of the generator's noise: uniform = U[0, 1) (ZS3's code), "
+         "gaussian = N(0, 1) (ZS3's paper).", choices=NOISE_LAWS),
+    _new("zs3.mmd_sigmas", "float_list", GMMN_SIGMAS, "ZS3Net: bandwidths sigma of the GMMN loss's kernels "
+         "exp(-d^2 / (2 sigma)); ZS3's code: 2, 5, 10, 20, 40, 80 (its paper and CaGNet: 60 for 80).", minimum=0.0),
+    _new("zs3.mmd_samples", "int", 128, "ZS3Net: real pixels drawn (with replacement) per image and seen class for "
+         "one GMMN step; as many fakes are generated.", minimum=1),
+    _new("zs3.pseudo_label_percent", "float", 25.0, "ZS3Net+ST (--schedule st / st_mixed): keep the top this % "
+         "most confident unseen pseudo-labels per image and unseen class (VOC 25, Context and COCO-Stuff 75).",
+         minimum=0.0, maximum=100.0),
+    _new("zs3.reset_classifier", "bool", True, "ZS3Net: at the start of --schedule mixed / st_mixed redraw the "
+         "classifier's weight and bias from U[0, 1) (ZS3's random_last_layer); False keeps the loaded ones."),
 ])
+
+# Required keys that only CaGNet reads: an spnet config may leave them out (`Key.methods`).
+_CAGNET_ONLY_PREFIXES = ("dis_opt.", "gen_opt.", "dis_scheduler.", "gen_scheduler.", "gen.", "dis.", "lambda_")
+_CAGNET_ONLY_KEYS = ("criticUpdates", "update_back", "gen_unseen_rate", "interval_step1", "interval_step2", "first",
+                     "top_p", "loss_count", "content_loss", "gan_type")
+SCHEMA = tuple(replace(key, methods=("cagnet",))
+               if key.required and (key.path.startswith(_CAGNET_ONLY_PREFIXES) or key.path in _CAGNET_ONLY_KEYS)
+               else key for key in SCHEMA)
 
 _KEYS = {key.path: key for key in SCHEMA}
 _SECTIONS = {path.rsplit(".", i)[0] for path in _KEYS for i in range(1, path.count(".") + 1)}

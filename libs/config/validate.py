@@ -22,6 +22,7 @@ import yaml
 
 from libs.config.schema import _KEYS, _SECTIONS, NETS, SCHEMA, Key
 from libs.datasets.embeddings import EMBEDDING_DIMS
+from libs.engine.methods import DEFAULT_METHOD
 from libs.io import atomic_write
 
 
@@ -236,8 +237,11 @@ def _coerce(key: Key, value, where):
             return value == "t"
         fail()
     if kind in ("str", "choice"):
-        if not isinstance(value, str) or not value or (key.choices and value not in key.choices):
+        if not isinstance(value, str) or not value:
             fail()
+        if key.choices and value not in key.choices:
+            raise ConfigError(f"{where}: key {key.path!r} has value {value!r}; expected {_expected(key)}"
+                              f"{_suggest_choice(value, key.choices)}")
         return value
     raise AssertionError(f"schema kind {kind!r} of {key.path!r} is not handled")
 
@@ -309,6 +313,21 @@ def _cross_checks(data: dict, source):
 
     emb = EMBEDDING_DIMS[data["embedding"]]
     feat = data["back"]["n_classes"]
+    method = data["method"]
+    if method == "spnet" and feat != emb:
+        fail(f"back.n_classes is {feat}; expected the embedding dim {emb} ({data['embedding']}): SPNet's ASPP "
+             "outputs the visual embedding that is projected onto the class embeddings")
+    if data.get("ITER_SIZE", 1) > 1 and method != "spnet":
+        fail(f"ITER_SIZE is {data['ITER_SIZE']}; only method spnet accumulates gradients (method is {method!r})")
+    if method == "cagnet":
+        _cagnet_checks(data, emb, feat, fail)
+    low, high = data["SCALE_RANGE"]
+    if not 0 < low <= high:
+        fail(f"SCALE_RANGE is {[low, high]}; expected [low, high] with 0 < low <= high")
+
+
+def _cagnet_checks(data: dict, emb: int, feat: int, fail):
+    """The consistency of CaGNet's generator / classifier sizes (sections other methods need not have)."""
     if data["gen"]["in_dim_mlp"] != emb + feat:
         fail(f"gen.in_dim_mlp is {data['gen']['in_dim_mlp']}; expected embedding dim + back.n_classes = "
              f"{emb} ({data['embedding']}) + {feat} = {emb + feat}")
@@ -324,14 +343,6 @@ def _cross_checks(data: dict, source):
              f"{data['dis']['out_dim_cls'] - 2} (C = seen + unseen + 1, at least one seen class)")
     if data["interval_step1"] + data["interval_step2"] < 1:
         fail("interval_step1 and interval_step2 are both 0; expected a cycle of at least one iteration")
-    # Imported here, not at the top: the method table imports the trainers, which read configs (an import cycle).
-    from libs.engine.methods import METHODS
-    if data["method"] not in METHODS:
-        fail(f"method is {data['method']!r}; expected one of {', '.join(METHODS)}"
-             f"{_suggest_choice(data['method'], METHODS)}")
-    low, high = data["SCALE_RANGE"]
-    if not 0 < low <= high:
-        fail(f"SCALE_RANGE is {[low, high]}; expected [low, high] with 0 < low <= high")
 
 
 def validate_config(data: Mapping, source: str | None = None, _lines: Mapping | None = None) -> Config:
@@ -345,10 +356,12 @@ def validate_config(data: Mapping, source: str | None = None, _lines: Mapping | 
     lines = _lines or {}
     out: dict = {}
     _walk(data, "", source, lines, out)
-    missing = [k for k in SCHEMA if k.required and _lookup(out, k.path) is None]
+    method = out.get("method", DEFAULT_METHOD)
+    missing = [k for k in SCHEMA if k.required_for(method) and _lookup(out, k.path) is None]
     if missing:
         described = "; ".join(f"{k.path!r} ({_expected(k)}: {k.doc})" for k in missing)
-        raise ConfigError(f"{_describe(source)}: missing required key{'s' if len(missing) > 1 else ''} {described}")
+        raise ConfigError(f"{_describe(source)}: missing required key{'s' if len(missing) > 1 else ''} {described}"
+                          + ("" if method == DEFAULT_METHOD else f" (required for method {method})"))
     for key in SCHEMA:
         if key.has_default and _lookup(out, key.path) is None:
             _insert(out, key.path, list(key.default) if isinstance(key.default, tuple) else key.default)

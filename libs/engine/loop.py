@@ -57,12 +57,14 @@ class NonFiniteGuard:
     """
 
     def __init__(self, budget: int = 0):
+        self.checked = False    # whether the trainer called the guard during the current step
         self.budget = int(budget)
         self.skipped = 0
         self.iteration = 0      # the iteration being computed (1-based in messages), set by `fit`
 
     def __call__(self, values: Dict[str, torch.Tensor]) -> bool:
         """True = go on with the update; False = skip this batch. Raises NonFiniteLoss to stop the run."""
+        self.checked = True
         keys = list(values)
         finite = torch.isfinite(torch.stack([values[k].detach().float().reshape(()) for k in keys]))
         if bool(finite.all()):
@@ -114,8 +116,12 @@ def fit(trainer, stream, hooks: LoopHooks, *, start: int, max_iter: int, snapsho
         batch = None
         if trainer.needs_batch(phase):
             batch = tuple(t.to(device, non_blocking=True) for t in stream.next())
-        guard.iteration = it
+        guard.iteration, guard.checked = it, False
         values = trainer.step(phase, batch)
+        if values is not None and not guard.checked:
+            # a trainer that does not call the guard before its updates (Trainer.checked_values): checked after the
+            # update, so a non-finite loss stops the run (nothing to skip any more)
+            NonFiniteGuard()(values)
         if values is None:      # no visible pixel at some scale, or a skipped non-finite loss: not counted (§3.10)
             if hooks.stop(it):
                 return _stopped(hooks, it, start)

@@ -22,7 +22,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from libs.checkpoint import atomic_save, load_model_weights, read_checkpoint, snapshot
+from libs.checkpoint import (
+    atomic_save,
+    check_method,
+    checkpoint_method,
+    load_model_weights,
+    read_checkpoint,
+    snapshot,
+)
 from libs.config import Config, check_schedule_keys, iter_max, load_config, save_config
 from libs.datasets import ZeroShotSegmentation, collate_test, load_class_splits, load_split_list
 from libs.datasets.check import check_entries, describe_problems
@@ -135,6 +142,9 @@ class Run:
         self.schedule: Schedule = get_schedule(options.schedule)
         self.method = get_method(cfg["method"])
         if not options.evaluate_only:
+            if self.method.schedules is not None and self.schedule.name not in self.method.schedules:
+                raise ValueError(f"method {cfg['method']} trains with --schedule {', '.join(self.method.schedules)} "
+                                 f"only, not --schedule {self.schedule.name} ({self.config_path})")
             check_schedule_keys(cfg, self.schedule.name, self.method.networks)
         self.processes: Processes = start_processes(options.multigpus, options.ngpu, options.device)
         self.device = select_device(options.device, self.processes, options.ngpu)
@@ -168,10 +178,12 @@ class Run:
         self.init_model = options.init_model or cfg.value("init_model", "none")
         if self.init_model in (None, "none"):
             self.init_model = None
+        # the schedule that wrote the init checkpoint (--val's JSON says whether a model is self-trained)
+        self.init_schedule: Optional[str] = None
         if options.resume_from <= 0:
             init_weights(self.model, cfg["init"])
             if self.init_model is not None:
-                log.info(load_model_weights(self.model, self.init_model).summary())
+                self._load_init_model()
             elif options.evaluate_only or self.schedule.pseudo_labels:
                 what = "--val" if options.evaluate_only else f"--schedule {self.schedule.name}"
                 raise ValueError(f"{what} needs a model: pass --init_model (the config {self.config_path} has no "
@@ -183,6 +195,25 @@ class Run:
             self.model.to(memory_format=torch.channels_last)
 
     # ---- building ---------------------------------------------------------------------------------------
+    def _load_init_model(self) -> None:
+        """Load --init_model / init_model. A checkpoint of another method is refused for --val and for the
+        self-training schedules (they need this method's model); a training run takes what matches from it as
+        init weights (non-strict, reported), e.g. an SPNet backbone for CaGNet's step 1."""
+        path, method = self.init_model, self.cfg["method"]
+        checkpoint = read_checkpoint(path)
+        state = checkpoint.get("training_state") if isinstance(checkpoint, dict) else None
+        self.init_schedule = state.get("schedule") if isinstance(state, dict) else None
+        found = checkpoint_method(checkpoint)
+        strict = None
+        if found is not None and found != method:
+            if self.options.evaluate_only or self.schedule.pseudo_labels:
+                what = "--val" if self.options.evaluate_only else f"--schedule {self.schedule.name}"
+                check_method(checkpoint, method, path, what)
+            log.warning("--init_model %s is a %s checkpoint and this run trains %s: loading the weights that match "
+                        "as init weights (non-strict)", path, found, method)
+            strict = False
+        log.info(load_model_weights(self.model, checkpoint, path, strict=strict).summary())
+
     def _dataset(self, split: str, train: bool, seed: int, originals: bool = False) -> ZeroShotSegmentation:
         cfg = self.cfg
         mean = cfg["IMAGE"]["MEAN"]
@@ -269,7 +300,7 @@ class Run:
         state = {"trainer": self.trainer.state_dict(), "stream": self.stream.state_dict(), "rng": rng_ranks[0],
                  "rng_ranks": rng_ranks, "run": self.run_record(), "schedule": self.schedule.name}
         path = self._checkpoint_path(iteration)
-        atomic_save(snapshot(self.model, iteration, state, self.cfg.to_dict()), path)
+        atomic_save(snapshot(self.model, iteration, state, self.cfg.to_dict(), method=self.cfg["method"]), path)
         log.info("saved %s", path)
 
     def restore(self, iteration: int) -> int:
@@ -278,6 +309,7 @@ class Run:
         path = self._checkpoint_path(iteration)
         checkpoint = self._resume_checkpoint if self._resume_checkpoint is not None else read_checkpoint(path)
         self._resume_checkpoint = None
+        check_method(checkpoint, self.cfg["method"], path, f"--resume_from {iteration}")
         log.info(load_model_weights(self.model, checkpoint, path).summary())
         start = int(checkpoint["iteration"])
         state = checkpoint.get("training_state")
@@ -345,6 +377,9 @@ class Run:
         os.makedirs(os.path.dirname(os.path.abspath(results)), exist_ok=True)
         record = {"method": self.cfg["method"], "dataset": self.cfg["dataset"], "eval_mode": self.eval_mode,
                   "calibration": self.calibration, "checkpoint": self.init_model,
+                  # the --schedule that wrote the checkpoint (null for files without training state, e.g. the
+                  # released models): st / st_mixed mark self-trained rows (tools/paper_table.py)
+                  "schedule": self.init_schedule,
                   # "model" is the checkpoint too, under the name earlier versions wrote
                   "model": self.init_model, "config": self.config_path,
                   "checkpoint_sha256": _sha256(self.init_model) if self.init_model else None}
@@ -437,7 +472,7 @@ class Run:
         self._refuse_overwrite()
         self.check_data(("train", "test"))
         train_data = self._dataset("train", train=True, seed=self.seed)
-        self.stream = BatchStream(train_data, cfg.value("BATCH_SIZE.TRAIN"), self._workers(), self.seed,
+        self.stream = BatchStream(train_data, self.method.stream_batch_size(cfg), self._workers(), self.seed,
                                   pin_memory=self.device.type == "cuda", rank=processes.rank,
                                   world_size=processes.world_size)
         self.trainer = self.method.from_config(cfg, self.model, self.splits, self.schedule,

@@ -60,6 +60,13 @@ class Trainer:
     # set by the loop (libs/engine/loop.py:NonFiniteGuard): sees an iteration's global logged values after the
     # forward pass and before any update; False = skip the batch (docs/method.md §8.8)
     nonfinite_guard: Optional[Callable[[Dict[str, torch.Tensor]], bool]] = None
+    # the --schedule values the method trains with (None: every schedule of libs/engine/schedules.py)
+    schedules: Optional[Sequence[str]] = None
+
+    @classmethod
+    def stream_batch_size(cls, cfg) -> int:
+        """Images per training iteration loaded from the stream (a method with gradient accumulation loads more)."""
+        return cfg.value("BATCH_SIZE.TRAIN")
 
     # ---- what the loop calls --------------------------------------------------------------------------------
     def phase(self, iteration: int) -> str:
@@ -89,8 +96,15 @@ class Trainer:
         return values
 
     # ---- gradients and updates ------------------------------------------------------------------------------
-    def backward(self, net: str, loss: torch.Tensor, retain: bool = True) -> None:
-        """Gradients of `loss` for one network's parameters only; other networks' .grad stay untouched."""
+    def backward(self, net: str, loss: torch.Tensor, retain: bool = True, accumulate: bool = False) -> None:
+        """Gradients of `loss` for one network's parameters only; other networks' .grad stay untouched.
+        accumulate: add to the network's gradients of an earlier backward of this iteration (one process only)."""
+        if accumulate:
+            if self.parallel is not None:
+                raise ValueError("gradient accumulation cannot run with several processes")
+            if loss.requires_grad:
+                self.precision.backward(loss, self.params[net], retain)
+            return
         for p in self.params[net]:
             p.grad = None
         if self.parallel is not None:

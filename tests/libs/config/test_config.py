@@ -41,6 +41,9 @@ SHIPPED = {
     "demo.yaml": ("step1", {"step1"}),
     "demo_finetune.yaml": ("mixed", {"mixed"}),
     "configs_st_transfer_cocostuff.yaml": ("st_mixed", {"st_mixed"}),
+    "spnet_voc12.yaml": ("step1", {"step1"}),
+    "spnet_context.yaml": ("step1", {"step1"}),
+    "spnet_cocostuff.yaml": ("step1", {"step1"}),
 }
 
 # A sample of the original configs' values per file (dotted key -> value).
@@ -108,6 +111,13 @@ EXPECTED = {
         "init_back": "Results/voc12/0/models_st/00010000.pth",
     },
     "configs_st_transfer_context.yaml": {"gen_opt.lr_st_transfer": 0.0001, "lambda_G_GAN": 1, "top_p": 16},
+    # SPNet (baselines-spec §1.2): crop 321, batch 10 (COCO 5 x ITER_SIZE 2), lr 2.5e-4, poly every 10 iterations
+    "spnet_voc12.yaml": {"method": "spnet", "ITER_MAX": 20000, "BATCH_SIZE.TRAIN": 10, "ITER_SIZE": 1,
+                         "IMAGE.SIZE.TRAIN": 321, "back_opt.lr": 0.00025, "back_scheduler.lr_decay_iter": 10,
+                         "eval_mode": "warped", "calibration": 0.0, "dis.out_dim_cls": None, "lambda_B_KLD": None},
+    "spnet_context.yaml": {"method": "spnet", "ITER_MAX": 20000, "BATCH_SIZE.TRAIN": 10, "num_unseen": 4},
+    "spnet_cocostuff.yaml": {"method": "spnet", "ITER_MAX": 100000, "BATCH_SIZE.TRAIN": 5, "ITER_SIZE": 2,
+                             "back_opt.WEIGHT_DECAY": 0.0005, "back_opt.MOMENTUM": 0.9},
     "configs_st_transfer_cocostuff.yaml": {
         "gen_opt.lr_st_transfer": 5e-05, "dis_scheduler.start_decay_iter": 3000, "gen_unseen_rate": 25, "top_p": 40,
         "lambda_D_cls_fake_transfer": 0.125, "lambda_G_cls_transfer": 0,
@@ -119,6 +129,33 @@ for _alias, _original in (("configs_st_voc12.yaml", "configs_st_voc.yaml"),
                           ("configs_st_cocostuff.yaml", "configs_st_coco.yaml"),
                           ("configs_st_transfer_cocostuff.yaml", "configs_st_transfer_coco.yaml")):
     SHIPPED[_original], EXPECTED[_original] = SHIPPED[_alias], EXPECTED[_alias]
+# ZS3Net's configs (docs/baselines_zs3net.md): stage 1, stage 2 (mixed), ZS3Net+ST (st and st_mixed), demo.
+for _ds, _decay, _transfer, _rate, _p, _lr_st in (("voc12", 10, 39690, 9, 25, 5e-05),
+                                                  ("context", 10, 12500, 14, 75, 0.00025),
+                                                  ("cocostuff", 100, 29572, 59, 75, 5e-05)):
+    SHIPPED[f"zs3net_{_ds}.yaml"] = ("step1", {"step1"})
+    SHIPPED[f"zs3net_{_ds}_finetune.yaml"] = ("mixed", {"mixed"})
+    SHIPPED[f"zs3net_st_{_ds}.yaml"] = ("st", {"st", "st_mixed"})
+    EXPECTED[f"zs3net_{_ds}.yaml"] = {
+        "method": "zs3net", "ITER_MAX": 40000, "back_opt.lr": 0.00025, "dis_opt.lr": 0.0025, "dis_opt.OPTIMIZER":
+        "sgd", "back_scheduler.lr_decay_iter": _decay, "dis_scheduler.lr_decay_iter": _decay, "IMAGE.SIZE.TRAIN": 368,
+        "BATCH_SIZE.TRAIN": 8, "zs3.noise_dim": 600, "zs3.mmd_sigmas": (2, 5, 10, 20, 40, 80)}
+    EXPECTED[f"zs3net_{_ds}_finetune.yaml"] = {
+        "method": "zs3net", "ITER_MAX_TRANSFER": _transfer, "dis_opt.lr_transfer": 0.07, "gen_opt.lr_transfer": 0.0002,
+        "back_opt.lr_transfer": 0.0, "dis_scheduler.lr_decay_iter": 1, "gen_unseen_rate": _rate,
+        "gen_scheduler.lr_policy": "constant", "zs3.mmd_samples": 128, "zs3.reset_classifier": True}
+    EXPECTED[f"zs3net_st_{_ds}.yaml"] = {
+        "method": "zs3net", "ITER_MAX_ST": 10000, "ITER_MAX_ST_TRANSFER": 10000, "back_opt.lr_st": _lr_st,
+        "dis_opt.lr_st_transfer": 0.07, "zs3.pseudo_label_percent": _p, "init_model": "none"}
+EXPECTED["zs3net_cocostuff.yaml"]["init_model"] = "./trained_models/spnet_cocostuff_init.pth"
+SHIPPED["demo_zs3net.yaml"] = ("step1", {"step1"})
+SHIPPED["demo_zs3net_finetune.yaml"] = ("mixed", {"mixed"})
+SHIPPED["demo_zs3net_st.yaml"] = ("st", {"st", "st_mixed"})
+EXPECTED["demo_zs3net.yaml"] = {"method": "zs3net", "ITER_MAX": 1500, "back.n_classes": 128,
+                                "back.bn_calibration_batches": 20}
+EXPECTED["demo_zs3net_finetune.yaml"] = {"method": "zs3net",
+                                         "init_model": "./Results/demo/zs3net/models/00001500.pth"}
+EXPECTED["demo_zs3net_st.yaml"] = {"method": "zs3net", "zs3.pseudo_label_percent": 25}
 
 
 def raw(name="voc12.yaml"):

@@ -12,13 +12,14 @@ import argparse
 import os
 import sys
 
+from libs.checkpoint import trust_checkpoints
 from libs.datasets.check import CHECK_MODES
 from libs.engine.evaluation import EVAL_MODES
 from libs.engine.loop import NonFiniteLoss
 from libs.engine.precision import AMP_MODES
 from libs.engine.run import Run, RunOptions, run_config
 from libs.engine.schedules import SCHEDULE_NAMES
-from libs.io import log
+from libs.io import OutputError, log
 
 
 def parse_args(argv=None):
@@ -70,6 +71,9 @@ def parse_args(argv=None):
     parser.add_argument("--overwrite", action="store_true",
                         help="delete the schedule's earlier checkpoints in this experiment and train again "
                              "(without it such a run is refused)")
+    parser.add_argument("--trust_checkpoint", action="store_true",
+                        help="also load checkpoints that need full unpickling (which can run arbitrary code): "
+                             "only for files from a source you trust, e.g. snapshots of earlier versions")
     args = parser.parse_args(argv)
     if args.val and args.resume_from > 0:
         parser.error("--val cannot be combined with --resume_from")
@@ -97,6 +101,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    trust_checkpoints(args.trust_checkpoint)
     options = RunOptions(schedule=args.schedule, experiment_id=args.experimentid, resume_from=args.resume_from,
                          init_model=None if args.init_model == "none" else args.init_model, device=args.device,
                          multigpus=args.multigpus, ngpu=args.ngpu, seed=args.seed, max_iter=args.max_iter,
@@ -130,6 +135,6 @@ if __name__ == "__main__":
     except KeyboardInterrupt:       # outside training (which saves and stops cleanly): --val, start-up
         print("\ninterrupted (nothing to save outside training)", file=sys.stderr)
         sys.exit(130)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, OutputError) as error:
         _report(error)
         sys.exit(2)

@@ -436,7 +436,7 @@ def mse_content_loss(fake: torch.Tensor, real: torch.Tensor, labels: torch.Tenso
 
 
 # ---- ZS3Net's GMMN loss (baselines-spec §2.2) ----------------------------------------------------------------
-# Bandwidths of ZS3's code (train_pascal_GMMN.py); its paper and CaGNet use 60 instead of 80 (zs3.mmd_sigmas).
+# Bandwidths of ZS3's code (train_pascal_GMMN.py); its paper and CaGNet use 60 instead of 80 (zs3_mmd_sigmas).
 GMMN_SIGMAS = (2, 5, 10, 20, 40, 80)
 
 

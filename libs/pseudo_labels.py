@@ -4,7 +4,7 @@ Unlabelled pixels (ignore) whose top-ranked classifier outputs include an unseen
 best-ranked unseen test id as label; pixels with a seen label keep it. There is no confidence
 threshold: ``top_p = 1`` labels exactly the pixels whose arg-max is an unseen class.
 
-ZS3Net+ST (`top_percent_labels`, docs/baselines_zs3net.md) ranks by confidence instead: the top p% of each
+ZS3Net+ST (`top_percent_labels`, docs/baselines.md) ranks by confidence instead: the top p% of each
 image's pixels predicted as each unseen class.
 """
 import math

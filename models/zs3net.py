@@ -1,6 +1,6 @@
 """ZS3Net (Bucher et al., NeurIPS 2019) on CaGNet's backbone: segmentation network, GMMN generator, classifier.
 
-As the CaGNet tables need it (baselines-spec §2.4, docs/baselines_zs3net.md): the DeepLabv2 backbone of CaGNet's
+As the CaGNet tables need it (baselines-spec §2.4, docs/baselines.md): the DeepLabv2 backbone of CaGNet's
 `back.scale` without the contextual module, feature x = sigmoid(ASPP output h) (600-d, in (0, 1) like CaGNet's h0),
 a 1x1-conv classifier x -> S + U logits with bias (ZS3's `pred_conv`), and a generative moment-matching network
 [class embedding ; noise] -> fake feature. Key names `back.scale.backbone.*` are CaGNet's, so the checkpoint layout
@@ -65,7 +65,7 @@ class ZS3Net(nn.Module):
                  all_embeddings: torch.Tensor, feat_dim: int, noise: str = "uniform", ignore_index: int = 255):
         super().__init__()
         if noise not in NOISE_LAWS:
-            raise ValueError(f"zs3.noise must be one of {', '.join(NOISE_LAWS)}, got {noise!r}")
+            raise ValueError(f"zs3_noise must be one of {', '.join(NOISE_LAWS)}, got {noise!r}")
         self.Em_vis = EmbeddingTable(seen_embeddings)
         self.Em_all = EmbeddingTable(all_embeddings)
         self.gen = gen

@@ -14,7 +14,7 @@ from tests.e2e_config import ROOT, write_tiny_config
 
 pytestmark = pytest.mark.slow   # subprocess runs of train.py
 
-TINY_ZS3 = {"zs3__noise_dim": 8, "zs3__gen_hidden": 12, "zs3__mmd_samples": 16}
+TINY_ZS3 = {"zs3_noise_dim": 8, "zs3_gen_hidden": 12, "zs3_mmd_samples": 16}
 
 
 def train(*args, ok=True):

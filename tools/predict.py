@@ -42,7 +42,7 @@ from libs.engine.evaluation import PredictionWriter, upsampled_ids
 from libs.engine.methods import get_method
 from libs.engine.new_classes import HeadTraining, embedding_predictor
 from libs.engine.rng import seed_everything
-from libs.io import atomic_write, progress_bar
+from libs.io import atomic_write, progress_bar, setup_logging
 from models.backbone import feature_size
 from models.initialization import init_weights
 from tools.build_word_vectors import FORMATS, build_word_vectors, class_name_words, load_model
@@ -74,6 +74,9 @@ def parse_args(argv=None):
     p.add_argument("--head_lr", type=float, default=None,
                    help="its learning rate (default: the config's dis_opt lr_transfer, else lr)")
     p.add_argument("--seed", type=int, default=0, help="seed of the head's training (default 0)")
+    p.add_argument("--trust_checkpoint", action="store_true",
+                   help="also load a checkpoint that needs full unpickling (which can run arbitrary code): only "
+                        "for a file from a source you trust")
     args = p.parse_args(argv)
     if args.word_vectors and not args.class_names or args.class_names and not args.word_vectors:
         p.error("--class_names and --word_vectors go together")
@@ -240,9 +243,10 @@ def main(argv=None) -> int:
     seed_everything(args.seed)
     model = get_method(cfg["method"]).build_model(cfg, splits)
     init_weights(model, cfg["init"])
-    checkpoint = read_checkpoint(args.checkpoint)
+    setup_logging(None)     # the checkpoint's sha256 and warnings reach the console
+    checkpoint = read_checkpoint(args.checkpoint, trust=args.trust_checkpoint)
     check_method(checkpoint, cfg["method"], args.checkpoint, "tools.predict")
-    print(load_model_weights(model, checkpoint, args.checkpoint).summary())
+    print(load_model_weights(model, checkpoint, args.checkpoint, purpose="evaluate").summary())
     device = select_device(args.device, Processes())
     model.to(device).eval()
     calibration = cfg["calibration"] if args.calibrate is None else args.calibrate

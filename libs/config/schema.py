@@ -153,6 +153,8 @@ SCHEMA: tuple = tuple([
     _req("display_interval", "int", "Print the running losses every this many iterations.", minimum=1),
     _req("log_interval", "int", "Append the running losses to the log file every this many iterations.", minimum=1),
     _req("snapshot", "int", "Save a checkpoint and evaluate on the test set every this many iterations.", minimum=1),
+    _new("keep_last", "int", 0, "Keep only the newest this many checkpoints of a schedule: older ones are deleted "
+         "after each successful save (0: keep all, as the original).", minimum=0),
     _sched("ITER_MAX", "int", "Iterations of --schedule step1.", minimum=1),
     _new("ITER_SIZE", "int", 1, "Gradient accumulation (spnet only, SPNet's ITER_SIZE): an iteration loads "
          "BATCH_SIZE.TRAIN x ITER_SIZE images and back-propagates them in ITER_SIZE chunks of BATCH_SIZE.TRAIN, "
@@ -251,23 +253,23 @@ SCHEMA: tuple = tuple([
     _new("calibration", "float", 0.0, "Calibrated stacking at evaluation (SPNet-c): gamma subtracted from the seen "
          "classes' softmax probabilities before the argmax over the seen and unseen classes; 0 = the plain argmax "
          "over every classifier channel (the original's); --calibrate overrides it.", minimum=0.0, maximum=1.0),
-    # ---- ZS3Net (method zs3net; docs/baselines_zs3net.md): read by libs/engine/trainers/zs3net.py only ----
-    _new("zs3.noise_dim", "int", 600, "ZS3Net: noise channels of the GMMN generator's input [embedding ; noise] "
+    # ---- ZS3Net (method zs3net, docs/baselines.md): zs3_* keys, read by trainers/zs3net.py only ----
+    _new("zs3_noise_dim", "int", 600, "ZS3Net: noise channels of the GMMN generator's input [embedding ; noise] "
          "(ZS3's rule: = embedding dim).", minimum=1),
-    _new("zs3.gen_hidden", "int", 256, "ZS3Net: hidden width of the GMMN generator (Linear, LeakyReLU 0.2, "
+    _new("zs3_gen_hidden", "int", 256, "ZS3Net: hidden width of the GMMN generator (Linear, LeakyReLU 0.2, "
          "dropout, Linear).", minimum=1),
-    _new("zs3.gen_dropout", "float", 0.5, "ZS3Net: dropout after the GMMN generator's hidden layer.", minimum=0.0,
+    _new("zs3_gen_dropout", "float", 0.5, "ZS3Net: dropout after the GMMN generator's hidden layer.", minimum=0.0,
          maximum=1.0),
-    _new("zs3.noise", "choice", "uniform", "ZS3Net: law of the generator's noise: uniform = U[0, 1) (ZS3's code), "
+    _new("zs3_noise", "choice", "uniform", "ZS3Net: law of the generator's noise: uniform = U[0, 1) (ZS3's code), "
          "gaussian = N(0, 1) (ZS3's paper).", choices=NOISE_LAWS),
-    _new("zs3.mmd_sigmas", "float_list", GMMN_SIGMAS, "ZS3Net: bandwidths sigma of the GMMN loss's kernels "
+    _new("zs3_mmd_sigmas", "float_list", GMMN_SIGMAS, "ZS3Net: bandwidths sigma of the GMMN loss's kernels "
          "exp(-d^2 / (2 sigma)); ZS3's code: 2, 5, 10, 20, 40, 80 (its paper and CaGNet: 60 for 80).", minimum=0.0),
-    _new("zs3.mmd_samples", "int", 128, "ZS3Net: real pixels drawn (with replacement) per image and seen class for "
+    _new("zs3_mmd_samples", "int", 128, "ZS3Net: real pixels drawn (with replacement) per image and seen class for "
          "one GMMN step; as many fakes are generated.", minimum=1),
-    _new("zs3.pseudo_label_percent", "float", 25.0, "ZS3Net+ST (--schedule st / st_mixed): keep the top this % "
+    _new("zs3_pseudo_label_percent", "float", 25.0, "ZS3Net+ST (--schedule st / st_mixed): keep the top this % "
          "most confident unseen pseudo-labels per image and unseen class (VOC 25, Context and COCO-Stuff 75).",
          minimum=0.0, maximum=100.0),
-    _new("zs3.reset_classifier", "bool", True, "ZS3Net: at the start of --schedule mixed / st_mixed redraw the "
+    _new("zs3_reset_classifier", "bool", True, "ZS3Net: at the start of --schedule mixed / st_mixed redraw the "
          "classifier's weight and bias from U[0, 1) (ZS3's random_last_layer); False keeps the loaded ones."),
 ])
 

@@ -23,6 +23,29 @@ EMBEDDING_PARTS = {'word2vec': ('word2vec',), 'fasttext': ('fasttext',), 'fastnv
 # F.normalize's epsilon: a zero row stays zero instead of becoming NaN.
 NORM_EPS = 1e-12
 
+# What a pickled numpy array refers to (numpy 1 and 2 module names; `_codecs.encode` carries bytes in protocol-2
+# and Python-2 pickles). Anything else in a word-vector file is refused: unpickling it could run arbitrary code.
+_ARRAY_GLOBALS = frozenset({
+    ('numpy', 'ndarray'), ('numpy', 'dtype'),
+    ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
+    ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
+    ('numpy.core.numeric', '_frombuffer'), ('numpy._core.numeric', '_frombuffer'),
+    ('_codecs', 'encode'),
+})
+
+
+class _Refused(pickle.UnpicklingError):
+    """The pickle names a global that a numpy array does not need."""
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays, numbers, strings, lists and dicts only."""
+
+    def find_class(self, module, name):
+        if (module, name) in _ARRAY_GLOBALS or (module == 'numpy.dtypes' and name.endswith('DType')):
+            return super().find_class(module, name)
+        raise _Refused(f"{module}.{name}")
+
 
 def load_vector_file(path: str) -> np.ndarray:
     """One pickled word-vector table (K, D), row r = class r, with a clear error for a missing or malformed file."""
@@ -31,7 +54,14 @@ def load_vector_file(path: str) -> np.ndarray:
                                 f"row r = vector of raw class r (make one with tools/build_word_vectors.py)")
     with open(path, 'rb') as f:
         # The shipped files were pickled by Python 3 with numpy; latin-1 also reads Python-2 numpy pickles.
-        vectors = pickle.load(f, encoding='latin1')
+        try:
+            vectors = _ArrayUnpickler(f, encoding='latin1').load()
+        except _Refused as exc:
+            raise ValueError(f"{path}: refused: the pickle refers to {exc}, which a word-vector table does not "
+                             f"need, and unpickling it could run arbitrary code. Expected a pickled numpy array "
+                             f"(K, D) (tools/build_word_vectors.py writes one)") from None
+        except Exception as exc:
+            raise ValueError(f"{path}: not a readable pickle of a numpy array (K, D): {exc}") from exc
     vectors = np.asarray(vectors)
     if vectors.ndim != 2 or not np.issubdtype(vectors.dtype, np.number):
         raise ValueError(f"{path}: expected a 2-D numeric array (K, D), got dtype {vectors.dtype} "

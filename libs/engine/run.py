@@ -23,11 +23,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from libs.checkpoint import (
-    atomic_save,
     check_method,
     checkpoint_method,
     load_model_weights,
+    prepare_snapshot_dir,
     read_checkpoint,
+    save_checkpoint,
     snapshot,
 )
 from libs.config import Config, check_schedule_keys, iter_max, load_config, save_config
@@ -212,7 +213,8 @@ class Run:
             log.warning("--init_model %s is a %s checkpoint and this run trains %s: loading the weights that match "
                         "as init weights (non-strict)", path, found, method)
             strict = False
-        log.info(load_model_weights(self.model, checkpoint, path, strict=strict).summary())
+        purpose = "evaluate" if self.options.evaluate_only else "train"   # --val needs a complete model
+        log.info(load_model_weights(self.model, checkpoint, path, strict=strict, purpose=purpose).summary())
 
     def _dataset(self, split: str, train: bool, seed: int, originals: bool = False) -> ZeroShotSegmentation:
         cfg = self.cfg
@@ -300,7 +302,8 @@ class Run:
         state = {"trainer": self.trainer.state_dict(), "stream": self.stream.state_dict(), "rng": rng_ranks[0],
                  "rng_ranks": rng_ranks, "run": self.run_record(), "schedule": self.schedule.name}
         path = self._checkpoint_path(iteration)
-        atomic_save(snapshot(self.model, iteration, state, self.cfg.to_dict(), method=self.cfg["method"]), path)
+        save_checkpoint(snapshot(self.model, iteration, state, self.cfg.to_dict(), method=self.cfg["method"]),
+                        path, keep_last=self.cfg.value("keep_last", 0))
         log.info("saved %s", path)
 
     def restore(self, iteration: int) -> int:
@@ -471,6 +474,8 @@ class Run:
         processes = self.processes
         self._refuse_overwrite()
         self.check_data(("train", "test"))
+        if processes.is_main:   # writable, and no temporary files of a killed save (before any work)
+            prepare_snapshot_dir(self.model_dir)
         train_data = self._dataset("train", train=True, seed=self.seed)
         self.stream = BatchStream(train_data, self.method.stream_batch_size(cfg), self._workers(), self.seed,
                                   pin_memory=self.device.type == "cuda", rank=processes.rank,

@@ -1,4 +1,4 @@
-"""ZS3Net and ZS3Net+ST training on CaGNet's backbone and protocol (docs/baselines_zs3net.md, baselines-spec §2.4,
+"""ZS3Net and ZS3Net+ST training on CaGNet's backbone and protocol (docs/baselines.md, baselines-spec §2.4,
 §3).
 
 Schedules (the `--schedule` vocabulary of CaGNet, `STAGES` below):
@@ -81,9 +81,9 @@ class ZS3NetTrainer(Trainer):
         params = {"dis": groups["dis"], "gen": groups["gen"],
                   "back": [p for group in optimizers["back"].param_groups for p in group["params"]]}
         if not sigmas or min(sigmas) <= 0:
-            raise ValueError(f"zs3.mmd_sigmas must be a non-empty list of positive bandwidths, got {list(sigmas)}")
+            raise ValueError(f"zs3_mmd_sigmas must be a non-empty list of positive bandwidths, got {list(sigmas)}")
         if not 0 < float(percent) <= 100:
-            raise ValueError(f"zs3.pseudo_label_percent must be in (0, 100], got {percent}")
+            raise ValueError(f"zs3_pseudo_label_percent must be in (0, 100], got {percent}")
         super().__init__(model, optimizers, schedulers, params, schedule=schedule, parallel=None,
                          precision=precision)
         self.stage = stage
@@ -102,22 +102,22 @@ class ZS3NetTrainer(Trainer):
         return build_zs3net(
             em_vis, em_all, splits.num_seen, feat_dim=cfg.value("back.n_classes"),
             n_blocks=cfg.value("back.n_blocks"), base_width=cfg.value("back.base_width"),
-            atrous_rates=cfg.value("back.aspp_rates"), noise_dim=cfg.value("zs3.noise_dim"),
-            gen_hidden=cfg.value("zs3.gen_hidden"), gen_dropout=cfg.value("zs3.gen_dropout"),
-            noise=cfg.value("zs3.noise"), ignore_index=cfg.value("ignore_index"))
+            atrous_rates=cfg.value("back.aspp_rates"), noise_dim=cfg.value("zs3_noise_dim"),
+            gen_hidden=cfg.value("zs3_gen_hidden"), gen_dropout=cfg.value("zs3_gen_dropout"),
+            noise=cfg.value("zs3_noise"), ignore_index=cfg.value("ignore_index"))
 
     @classmethod
     def from_config(cls, cfg, model: ZS3Net, splits, schedule, parallel=None,
                     precision: Optional[Precision] = None) -> "ZS3NetTrainer":
         """Optimizers for the active schedule. Stage 2 starts with a fresh generator (Xavier-uniform, biases
-        0.01) and, with zs3.reset_classifier, a U[0, 1) classifier (ZS3's code); a resume then loads the
+        0.01) and, with zs3_reset_classifier, a U[0, 1) classifier (ZS3's code); a resume then loads the
         checkpoint's weights over them."""
         if schedule.name not in STAGES:
             raise ValueError(f"method zs3net has no --schedule {schedule.name}; expected one of {', '.join(STAGES)}")
         stage = STAGES[schedule.name]
         if stage.kind == "classifier":
             model.gen.reset_parameters()
-            if cfg.value("zs3.reset_classifier"):
+            if cfg.value("zs3_reset_classifier"):
                 model.reset_classifier()
         max_iter = iter_max(cfg, schedule.name)
         back_opt, dis_opt, gen_opt = cfg["back_opt"], cfg["dis_opt"], cfg["gen_opt"]
@@ -143,8 +143,8 @@ class ZS3NetTrainer(Trainer):
                 gamma=sched.value("gamma", 1.0))
         return cls(model, optimizers, schedulers, stage=stage, num_seen=splits.num_seen,
                    num_unseen=splits.num_unseen, unseen_rate=cfg["gen_unseen_rate"],
-                   sigmas=cfg.value("zs3.mmd_sigmas"), mmd_samples=cfg.value("zs3.mmd_samples"),
-                   percent=cfg.value("zs3.pseudo_label_percent"), schedule=schedule, parallel=parallel,
+                   sigmas=cfg.value("zs3_mmd_sigmas"), mmd_samples=cfg.value("zs3_mmd_samples"),
+                   percent=cfg.value("zs3_pseudo_label_percent"), schedule=schedule, parallel=parallel,
                    precision=precision)
 
     # ---- what the loop calls ----------------------------------------------------------------------------

@@ -129,7 +129,7 @@ for _alias, _original in (("configs_st_voc12.yaml", "configs_st_voc.yaml"),
                           ("configs_st_cocostuff.yaml", "configs_st_coco.yaml"),
                           ("configs_st_transfer_cocostuff.yaml", "configs_st_transfer_coco.yaml")):
     SHIPPED[_original], EXPECTED[_original] = SHIPPED[_alias], EXPECTED[_alias]
-# ZS3Net's configs (docs/baselines_zs3net.md): stage 1, stage 2 (mixed), ZS3Net+ST (st and st_mixed), demo.
+# ZS3Net's configs (docs/baselines.md): stage 1, stage 2 (mixed), ZS3Net+ST (st and st_mixed), demo.
 for _ds, _decay, _transfer, _rate, _p, _lr_st in (("voc12", 10, 39690, 9, 25, 5e-05),
                                                   ("context", 10, 12500, 14, 75, 0.00025),
                                                   ("cocostuff", 100, 29572, 59, 75, 5e-05)):
@@ -139,23 +139,31 @@ for _ds, _decay, _transfer, _rate, _p, _lr_st in (("voc12", 10, 39690, 9, 25, 5e
     EXPECTED[f"zs3net_{_ds}.yaml"] = {
         "method": "zs3net", "ITER_MAX": 40000, "back_opt.lr": 0.00025, "dis_opt.lr": 0.0025, "dis_opt.OPTIMIZER":
         "sgd", "back_scheduler.lr_decay_iter": _decay, "dis_scheduler.lr_decay_iter": _decay, "IMAGE.SIZE.TRAIN": 368,
-        "BATCH_SIZE.TRAIN": 8, "zs3.noise_dim": 600, "zs3.mmd_sigmas": (2, 5, 10, 20, 40, 80)}
+        "BATCH_SIZE.TRAIN": 8, "zs3_noise_dim": 600, "zs3_mmd_sigmas": (2, 5, 10, 20, 40, 80)}
     EXPECTED[f"zs3net_{_ds}_finetune.yaml"] = {
         "method": "zs3net", "ITER_MAX_TRANSFER": _transfer, "dis_opt.lr_transfer": 0.07, "gen_opt.lr_transfer": 0.0002,
         "back_opt.lr_transfer": 0.0, "dis_scheduler.lr_decay_iter": 1, "gen_unseen_rate": _rate,
-        "gen_scheduler.lr_policy": "constant", "zs3.mmd_samples": 128, "zs3.reset_classifier": True}
+        "gen_scheduler.lr_policy": "constant", "zs3_mmd_samples": 128, "zs3_reset_classifier": True}
     EXPECTED[f"zs3net_st_{_ds}.yaml"] = {
         "method": "zs3net", "ITER_MAX_ST": 10000, "ITER_MAX_ST_TRANSFER": 10000, "back_opt.lr_st": _lr_st,
-        "dis_opt.lr_st_transfer": 0.07, "zs3.pseudo_label_percent": _p, "init_model": "none"}
+        "dis_opt.lr_st_transfer": 0.07, "zs3_pseudo_label_percent": _p, "init_model": "none"}
 EXPECTED["zs3net_cocostuff.yaml"]["init_model"] = "./trained_models/spnet_cocostuff_init.pth"
 SHIPPED["demo_zs3net.yaml"] = ("step1", {"step1"})
+SHIPPED["demo_spnet.yaml"] = ("step1", {"step1"})
+SHIPPED["demo_st.yaml"] = ("st", {"st"})
+SHIPPED["demo_st_transfer.yaml"] = ("st_mixed", {"st_mixed"})
+EXPECTED["demo_spnet.yaml"] = {"method": "spnet", "ITER_MAX": 1500, "init_model": "none"}
+EXPECTED["demo_st.yaml"] = {"ITER_MAX_ST": 200, "update_back": True,
+                            "init_model": "./Results/demo/0/models_transfer/00001200.pth"}
+EXPECTED["demo_st_transfer.yaml"] = {"ITER_MAX_ST_TRANSFER": 200, "update_back": False,
+                                     "init_model": "./Results/demo/0/models_st/00000200.pth"}
 SHIPPED["demo_zs3net_finetune.yaml"] = ("mixed", {"mixed"})
 SHIPPED["demo_zs3net_st.yaml"] = ("st", {"st", "st_mixed"})
 EXPECTED["demo_zs3net.yaml"] = {"method": "zs3net", "ITER_MAX": 1500, "back.n_classes": 128,
                                 "back.bn_calibration_batches": 20}
 EXPECTED["demo_zs3net_finetune.yaml"] = {"method": "zs3net",
                                          "init_model": "./Results/demo/zs3net/models/00001500.pth"}
-EXPECTED["demo_zs3net_st.yaml"] = {"method": "zs3net", "zs3.pseudo_label_percent": 25}
+EXPECTED["demo_zs3net_st.yaml"] = {"method": "zs3net", "zs3_pseudo_label_percent": 25}
 
 
 def raw(name="voc12.yaml"):

@@ -136,3 +136,41 @@ def test_build_word_vectors_averages_words_and_normalises():
         build_word_vectors(['cat', 'sky'], vecs)
     zero, missing = build_word_vectors(['cat', 'sky'], vecs, allow_missing=True)
     assert (zero[1] == 0).all() and missing == [(1, 'sky', ['sky'])]
+
+
+class _CreatesFile:
+    """Unpickled, this creates a file: what a word-vector .pkl from an untrusted source could do."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, 'w'))
+
+
+def test_word_vector_files_are_unpickled_safely(tmp_path):
+    from libs.datasets.embeddings import load_vector_file
+    rows = np.arange(12.0).reshape(4, 3)
+    for protocol in (2, 3, 4, 5):           # every protocol numpy arrays are pickled with, and plain lists
+        path = tmp_path / f'p{protocol}.pkl'
+        path.write_bytes(pickle.dumps(rows.astype(np.float32), protocol=protocol))
+        np.testing.assert_array_equal(load_vector_file(str(path)), rows)
+    (tmp_path / 'list.pkl').write_bytes(pickle.dumps(rows.tolist()))
+    np.testing.assert_array_equal(load_vector_file(str(tmp_path / 'list.pkl')), rows)
+    marker = tmp_path / 'code_ran'
+    evil = tmp_path / 'word2vec.pkl'
+    evil.write_bytes(pickle.dumps([rows, _CreatesFile(str(marker))]))
+    with pytest.raises(ValueError, match=r"word2vec.pkl: refused: the pickle refers to io.open, .*arbitrary code"):
+        load_vector_file(str(evil))
+    assert not marker.exists()
+    (tmp_path / 'text.pkl').write_text('not a pickle')
+    with pytest.raises(ValueError, match='text.pkl: not a readable pickle of a numpy array'):
+        load_vector_file(str(tmp_path / 'text.pkl'))
+
+
+@pytest.mark.parametrize('name', ['voc12', 'context', 'cocostuff'])
+def test_the_shipped_word_vectors_load_safely_and_unchanged(name):
+    from libs.datasets.embeddings import load_vector_file
+    for which in ('fasttext', 'word2vec'):
+        path = os.path.join(DATADIR, name, 'word_vectors', which + '.pkl')
+        np.testing.assert_array_equal(load_vector_file(path), _pkl(name, which))

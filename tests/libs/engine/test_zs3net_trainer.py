@@ -167,9 +167,9 @@ def test_mixed_precision_steps_are_finite_and_train(amp, schedule):
 def test_bad_zs3_values_are_clear_errors():
     model = tiny_zs3net(S, U)
     opts = make_trainer(model=model)
-    with pytest.raises(ValueError, match="zs3.mmd_sigmas"):
+    with pytest.raises(ValueError, match="zs3_mmd_sigmas"):
         ZS3NetTrainer(model, opts.optimizers, opts.schedulers, stage=STAGES["mixed"], num_seen=S, num_unseen=U,
                       unseen_rate=0, sigmas=(2, 0))
-    with pytest.raises(ValueError, match="zs3.pseudo_label_percent"):
+    with pytest.raises(ValueError, match="zs3_pseudo_label_percent"):
         ZS3NetTrainer(model, opts.optimizers, opts.schedulers, stage=STAGES["st"], num_seen=S, num_unseen=U,
                       unseen_rate=0, sigmas=(2,), percent=0)

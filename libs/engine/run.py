@@ -426,7 +426,9 @@ class Run:
         needs --resume_from, another --experimentid, or --overwrite (which deletes them first)."""
         if self.options.resume_from > 0 or not os.path.isdir(self.model_dir):
             return
-        old = sorted(f for f in os.listdir(self.model_dir) if f.endswith(".pth"))
+        # our numbered snapshots only: a killed save's hidden temporary is no checkpoint (prepare_snapshot_dir
+        # removes it)
+        old = sorted(f for f in os.listdir(self.model_dir) if f.endswith(".pth") and not f.startswith("."))
         if not old:
             return
         if not self.options.overwrite:

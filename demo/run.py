@@ -8,7 +8,8 @@
      demo_output/predictions.png.
 
 Every stage goes through train.py with the same code as the paper's configs. Run it from the repository root
-(`python -m demo`, or `make demo`): the demo configs name their folders relative to it.
+(`python -m demo`, or `make demo`): the demo configs name their folders relative to it. A demo run trains its
+stages with `--overwrite`: running it again replaces the checkpoints of the same --experimentid.
 """
 import argparse
 import json
@@ -87,10 +88,10 @@ def main(argv=None) -> dict:
             with open(results) as handle:
                 scores[column] = json.load(handle)
 
-    stage("step1", ["--config", args.config, "--schedule", "step1", "--max_iter", str(step1_iters), *common],
-          step1_model, args.config)
+    stage("step1", ["--config", args.config, "--schedule", "step1", "--max_iter", str(step1_iters), "--overwrite",
+                    *common], step1_model, args.config)
     stage("mixed", ["--config", args.finetune_config, "--schedule", "mixed", "--init_model", step1_model,
-                    "--max_iter", str(mixed_iters), *common], mixed_model, args.finetune_config)
+                    "--max_iter", str(mixed_iters), "--overwrite", *common], mixed_model, args.finetune_config)
 
     picture = os.path.join(args.out, "predictions.png")
     column = "{}" if args.eval_modes[0] == "feature" else "{}_" + args.eval_modes[0]

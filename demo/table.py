@@ -219,7 +219,7 @@ def main(argv=None) -> List[dict]:
         print(f"\n== {name}: training ({problem}) ==")
         stage_start = time.time()
         code = train.main(["--config", plan.config, "--schedule", plan.stage.schedule, "--experimentid",
-                           plan.stage.experiment, "--max_iter", str(plan.iterations), *common,
+                           plan.stage.experiment, "--max_iter", str(plan.iterations), "--overwrite", *common,
                            *(["--init_model", init] if init else [])])
         if code:
             raise SystemExit(code)

@@ -2,7 +2,7 @@
 S-mIoU / U-mIoU (fractions, 4 decimals), one table per dataset; optionally beside the paper's numbers.
 
     python -m tools.paper_table Results/voc12/spnet/spnet.json Results/voc12/spnet/spnet_c.json \\
-        Results/voc12/0/results_val.json --paper voc12 --markdown table.md --csv table.csv
+        Results/voc12/0/results_val_voc12_ourbest.json --paper voc12 --markdown table.md --csv table.csv
 
 Row labels come from what each JSON carries (libs/engine/run.py writes it): the method (CaGNet, SPNet, ZS3Net),
 "-c" for SPNet with calibration > 0 (SPNet-c), "+ST" when the checkpoint was written by --schedule st or st_mixed.

@@ -8,7 +8,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from libs.datasets.splits import README_LAYOUT_SECTION, parse_list_entry
+from libs.datasets.check import check_entry, file_paths
+from libs.datasets.splits import README_LAYOUT_SECTION, parse_list_entry, read_class_names
 
 
 def build_split_list(annotations_dir: str, subdir: str, images_dir: Optional[str] = None
@@ -46,22 +47,26 @@ def save_split_list(entries: Sequence[str], path: str) -> None:
         np.save(f, np.asarray(list(entries), dtype=str))
 
 
-def verify_split_list(list_path: str, root: str) -> List[str]:
-    """Check that every entry of a split list has its image and annotation under `root`.
+def verify_split_list(list_path: str, root: str, deep: bool = False) -> List[str]:
+    """Check that every entry of a split list has its image and annotation under `root`, and that their headers
+    decode (libs/datasets/check.py); `deep` decodes every pixel and checks the annotation's values against
+    `<root>/labels_refined.txt` (when it exists) and 255.
 
-    Returns one human-readable problem per missing file (empty when all are present).
+    Returns one human-readable problem per missing file or broken pair (empty when all are fine).
     """
     if not os.path.isfile(list_path):
         raise FileNotFoundError(f"split list {list_path} does not exist")
     raw = np.load(list_path, allow_pickle=False)
     if raw.ndim != 1 or raw.size == 0:
         raise ValueError(f"split list {list_path} is empty or not a vector (shape {raw.shape})")
+    names = os.path.join(root, 'labels_refined.txt')
+    num_classes = len(read_class_names(names)) if deep and os.path.isfile(names) else None
     problems = []
     for entry in raw.tolist():
         subdir, stem = parse_list_entry(entry)
-        for kind, ext in (('image', '.jpg'), ('annotation', '.png')):
-            path = os.path.join(root, 'images' if kind == 'image' else 'annotations', subdir, stem + ext)
-            if not os.path.isfile(path):
-                problems.append(f"{entry}: {kind} {path} is missing")
+        missing = [f"{entry}: {kind} {path} is missing"
+                   for kind, path in zip(('image', 'annotation'), file_paths(root, subdir, stem))
+                   if not os.path.isfile(path)]
+        problems.extend(missing or check_entry(root, subdir, stem, num_classes, deep))
     return problems
 

@@ -1,7 +1,8 @@
 """Mean ± standard deviation, min and max of every score over runs (e.g. seeds) of the same method, from their
 `--val` JSONs; GAN training varies from seed to seed, so one run's number says little.
 
-    python -m tools.summarize_runs Results/voc12/seed*/results_val.json
+    python -m tools.summarize_runs Results/voc12/seed*/results_val_voc12_ourbest.json
+    python -m tools.summarize_runs Results/voc12/seed*/results_val_models_transfer_00005000.json
     python -m tools.summarize_runs demo_output/seeds/seed*/scores_mixed.json --markdown summary.md --classes
 
 Runs are grouped by (method, dataset, eval_mode, calibration), one table per group; `--strict` refuses a mix

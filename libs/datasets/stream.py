@@ -16,6 +16,7 @@ training's random numbers do not depend on when an epoch starts or a resume crea
 """
 from __future__ import annotations
 
+import signal
 from typing import Iterator, List
 
 import torch
@@ -57,6 +58,12 @@ class GlobalBatches(torch.utils.data.Sampler):
         return sum(1 for batch in self.global_batches() if self.local(batch))
 
 
+def _ignore_interrupts(_worker_id: int) -> None:
+    """Loader workers leave Ctrl-C to the main process, which saves a checkpoint before it stops (a worker killed by
+    the terminal's SIGINT would make the next batch fail)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class BatchStream:
     """Batches of `dataset` for ever; `state_dict` / `load_state_dict` give and restore the position."""
 
@@ -84,7 +91,8 @@ class BatchStream:
         # global torch RNG (whose stream the training steps use).
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.batches, num_workers=self.num_workers,
-                                             pin_memory=self.pin_memory, generator=generator)
+                                             pin_memory=self.pin_memory, generator=generator,
+                                             worker_init_fn=_ignore_interrupts if self.num_workers else None)
         self._iterator = iter(loader)
         self._global = self.batches.global_batches()
 

@@ -8,10 +8,17 @@ the model folder (`%08d.pth` checkpoints), the log file and the config copy name
 from __future__ import annotations
 
 import csv
+import datetime
+import hashlib
 import json
+import logging
 import os
+import platform
+import shlex
+import signal
+import subprocess
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -26,14 +33,15 @@ from libs.checkpoint import (
 )
 from libs.config import Config, check_schedule_keys, iter_max, load_config, save_config
 from libs.datasets import ZeroShotSegmentation, collate_test, load_class_splits, load_split_list
+from libs.datasets.check import check_entries, describe_problems
 from libs.datasets.stream import BatchStream
 from libs.engine.distributed import Processes, select_device, start_processes
 from libs.engine.evaluation import evaluate
-from libs.engine.loop import LoopHooks, fit
+from libs.engine.loop import LoopHooks, NonFiniteGuard, NonFiniteLoss, fit, format_value
 from libs.engine.methods import get_method
 from libs.engine.precision import Precision
 from libs.engine.rng import rng_state, seed_everything, set_rng_state
-from libs.engine.schedules import TEST_LOG, Schedule, get_schedule
+from libs.engine.schedules import SCHEDULES, TEST_LOG, Schedule, get_schedule
 from libs.io import atomic_write, log, progress_bar, setup_logging
 from libs.metrics import SCORE_KEYS, class_table, format_all_scores, format_score_table, scores_to_json
 from models.backbone import FrozenBatchNorm2d
@@ -57,25 +65,71 @@ class RunOptions:
     calibration: Optional[float] = None   # overrides the config's calibration
     amp: Optional[str] = None             # overrides the config's amp
     channels_last: Optional[bool] = None  # overrides the config's channels_last
+    extend_to: Optional[int] = None       # with resume_from: the schedule's new ITER_MAX* (docs/method.md §8.5)
+    skip_nonfinite: int = 0               # batches with a non-finite loss that may be skipped (0: stop at the first)
+    check_data: str = "header"            # off | header | deep (libs/datasets/check.py)
+    overwrite: bool = False               # replace the schedule's earlier checkpoints in this experiment
+    command: Tuple[str, ...] = ()         # train.py's arguments, for run.json and the printed resume command
 
 
 def experiment_dir(cfg: Config, experiment_id: str) -> str:
     return os.path.join(cfg["save_path"], cfg["dataset"], experiment_id)
 
 
+# Keys a resume may change (docs/method.md §8.5): they decide what is printed, saved or tested and how fast data
+# is read, never a training step's numbers (the test loader and evaluation draw from no training RNG).
+RESUME_FREE_KEYS = ("display_interval", "log_interval", "snapshot", "NUM_WORKERS", "BATCH_SIZE.TEST", "eval_mode",
+                    "calibration", "init_model")
+
+
+def _flatten(data, prefix: str = "") -> Dict[str, object]:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _free_keys(schedule: str) -> set:
+    """RESUME_FREE_KEYS plus the other schedules' ITER_MAX* and learning rates, which this schedule never reads."""
+    free = set(RESUME_FREE_KEYS)
+    for other in SCHEDULES.values():
+        if other.name != schedule:
+            free.add(other.iter_max_key)
+            free.update(other.lr_key(net) for net in ("back", "dis", "gen"))
+    return free
+
+
+def config_differences(saved: Config, given: Config, schedule: str) -> List[str]:
+    """`key: saved -> given` for every training-relevant key on which the two configs differ."""
+    a, b = _flatten(saved.to_dict()), _flatten(given.to_dict())
+    free = _free_keys(schedule)
+
+    def shown(values, key):
+        return repr(values[key]) if key in values else "(absent)"
+    return [f"{key}: {shown(a, key)} -> {shown(b, key)}" for key in list(a) + [k for k in b if k not in a]
+            if key not in free and a.get(key) != b.get(key)]
+
+
 def run_config(config_path: str, options: RunOptions) -> Config:
-    """The config of this run: --config, or on resume the copy saved by the interrupted run."""
+    """The config of this run: --config. On resume it must agree with the copy saved by the interrupted run on every
+    key that changes training (the run's copy is what it was started with; `config_differences`)."""
     cfg = load_config(config_path)
     if options.resume_from > 0:
-        copy = os.path.join(experiment_dir(cfg, options.experiment_id), get_schedule(options.schedule).config_copy)
+        schedule = get_schedule(options.schedule)
+        copy = os.path.join(experiment_dir(cfg, options.experiment_id), schedule.config_copy)
         if not os.path.isfile(copy):
             raise FileNotFoundError(f"--resume_from {options.resume_from}: the run's config copy {copy} is missing")
-        saved = load_config(copy)
-        for key in ("save_path", "dataset"):
-            if saved[key] != cfg[key]:
-                raise ValueError(f"--resume_from: {copy} has {key}={saved[key]!r} but {config_path} has "
-                                 f"{cfg[key]!r}; resume with the config the run was started with")
-        cfg = saved
+        differences = config_differences(load_config(copy), cfg, schedule.name)
+        if differences:
+            hint = (f"; to train longer pass --extend_to N instead of a new {schedule.iter_max_key}"
+                    if any(d.startswith(schedule.iter_max_key + ":") for d in differences) else "")
+            raise ValueError(f"--resume_from {options.resume_from}: {config_path} differs from the run's config "
+                             f"{copy} in {len(differences)} key(s) that change training (saved -> given):\n  "
+                             + "\n  ".join(differences) + f"\nresume with the config the run was started with, or "
+                             f"start a new --experimentid{hint}")
     return cfg
 
 
@@ -104,6 +158,8 @@ class Run:
         self._resume_checkpoint = (read_checkpoint(self._checkpoint_path(options.resume_from))
                                    if options.resume_from > 0 else None)
         started = self._started_with(self._resume_checkpoint)
+        if not options.evaluate_only:
+            self.cfg = cfg = self._schedule_length(cfg, self._resume_checkpoint)
         self.seed = self._run_input("seed", options.seed, cfg.value("seed", 0), started)
         self.amp = self._run_input("amp", options.amp, cfg.value("amp", "off"), started)
         self.channels_last = self._run_input("channels_last", options.channels_last,
@@ -197,6 +253,24 @@ class Run:
                 "world_size": self.processes.world_size, "init_model": self.init_model,
                 "eval_mode": self.eval_mode, "calibration": self.calibration}
 
+    def _schedule_length(self, cfg: Config, checkpoint) -> Config:
+        """The config with this run's ITER_MAX*: --extend_to N; else, on resume, the length the checkpoint's config
+        holds (a run extended before stays extended); else the config's own. Only the poly scheduler reads it."""
+        key, options = self.schedule.iter_max_key, self.options
+        own = cfg.value(key)
+        length = own
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get("config"), dict):
+            length = _flatten(checkpoint["config"]).get(key, own)
+        if options.extend_to is not None:
+            if options.extend_to <= max(length, options.resume_from):
+                raise ValueError(f"--extend_to {options.extend_to}: the run is {length} iterations long and resumes "
+                                 f"at {options.resume_from}; --extend_to must be larger (to stop earlier use "
+                                 f"--max_iter)")
+            length = options.extend_to
+            log.info("--extend_to %d: %s %d -> %d; the poly rate continues from iteration %d towards 0 at %d "
+                     "(docs/method.md §8.5)", length, key, own, length, options.resume_from, length)
+        return cfg if length == own else cfg.updated({key: length})
+
     @staticmethod
     def _started_with(checkpoint) -> dict:
         state = checkpoint.get("training_state") if isinstance(checkpoint, dict) else None
@@ -215,6 +289,13 @@ class Run:
     def save(self, iteration: int) -> None:
         """The checkpoint of `iteration`: the weights in the original layout, plus what an exact resume needs.
         Called on every rank: each rank's RNG state goes into the file rank 0 writes."""
+        state_dict = self.model.state_dict()
+        floating = [k for k, v in state_dict.items() if v.is_floating_point()]
+        if not bool(torch.stack([torch.isfinite(state_dict[k]).all() for k in floating]).all()):
+            bad = [k for k in floating if not bool(torch.isfinite(state_dict[k]).all())]
+            raise NonFiniteLoss(f"iteration {iteration}: {len(bad)} weight tensor(s) hold NaN or inf ("
+                                f"{', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}); checkpoint not saved, the "
+                                f"last good one is kept (lower the learning rate)")
         rng_ranks = self.processes.gather_objects(rng_state(self.device))
         if not self.processes.is_main:
             return
@@ -283,6 +364,7 @@ class Run:
         """--val: the test set once (sharded over the processes under torchrun); the paper's table and all 16
         scores in the log, the scores as JSON and the per-class values as CSV beside it (`class_csv_path`)."""
         try:
+            self.check_data(("test",))
             scores = self.test_scores(self._test_loader(save_colour), predictions_dir,
                                       progress_bar("test") if self.processes.is_main else None, save_colour)
         finally:
@@ -292,7 +374,9 @@ class Run:
                  format_score_table({self.cfg["method"]: scores}, names), format_all_scores(scores))
         if not self.processes.is_main:
             return scores
-        results = results_json or os.path.join(self.exp_dir, "results_val.json")
+        results = results_json or os.path.join(self.exp_dir, self.results_name())
+        if results_json is None and os.path.isfile(results):
+            log.warning("replacing %s (the scores of the same checkpoint and protocol)", results)
         os.makedirs(os.path.dirname(os.path.abspath(results)), exist_ok=True)
         record = {"method": self.cfg["method"], "dataset": self.cfg["dataset"], "eval_mode": self.eval_mode,
                   "calibration": self.calibration, "checkpoint": self.init_model,
@@ -300,7 +384,8 @@ class Run:
                   # released models): st / st_mixed mark self-trained rows (tools/paper_table.py)
                   "schedule": self.init_schedule,
                   # "model" is the checkpoint too, under the name earlier versions wrote
-                  "model": self.init_model, "config": self.config_path}
+                  "model": self.init_model, "config": self.config_path,
+                  "checkpoint_sha256": _sha256(self.init_model) if self.init_model else None}
         with open(results, "w") as handle:
             json.dump({**record, **scores_to_json(scores, names, all_scores=True)}, handle, indent=2)
         write_class_csv(class_csv_path(results), class_table(scores["confusion"], self.splits.num_seen, names))
@@ -308,10 +393,89 @@ class Run:
                  class_csv_path(results))
         return scores
 
+    def results_name(self) -> str:
+        """--val's default results file, named after the checkpoint and the protocol, so that evaluating another
+        checkpoint never replaces earlier scores: results_val_<checkpoint>[_<eval_mode>][_cal<gamma>].json, where
+        <checkpoint> is the file's stem, prefixed by its folder for our numbered snapshots
+        (results_val_models_transfer_00000008.json)."""
+        stem = os.path.splitext(os.path.basename(self.init_model))[0]
+        if stem.isdigit():
+            stem = f"{os.path.basename(os.path.dirname(os.path.abspath(self.init_model)))}_{stem}"
+        mode = "" if self.eval_mode == "feature" else f"_{self.eval_mode}"
+        calibration = f"_cal{self.calibration:g}" if self.calibration else ""
+        return f"results_val_{stem}{mode}{calibration}.json"
+
+    def check_data(self, splits: Sequence[str]) -> None:
+        """Every listed file of the splits exists and decodes (--check_data, libs/datasets/check.py); one error
+        naming the files and counting the missing ones."""
+        mode = self.options.check_data
+        if mode == "off":
+            return
+        cfg = self.cfg
+        for split in splits:
+            entries = load_split_list(cfg["datadir"], cfg["dataset"], split)
+            problems = check_entries(cfg["ROOT"], entries, len(self.splits.raw_names), deep=mode == "deep")
+            if problems:
+                what = (f"the {split} list of {cfg['dataset']} ({len(entries)} entries under {cfg['ROOT']}, "
+                        f"--check_data {mode})")
+                raise ValueError(describe_problems(problems, what))
+
     # ---- training ------------------------------------------------------------------------------------------
-    def train(self) -> None:
+    def _refuse_overwrite(self) -> None:
+        """A new run of a schedule never silently replaces that schedule's checkpoints in this experiment: it
+        needs --resume_from, another --experimentid, or --overwrite (which deletes them first)."""
+        if self.options.resume_from > 0 or not os.path.isdir(self.model_dir):
+            return
+        # our numbered snapshots only: a killed save's hidden temporary is no checkpoint (prepare_snapshot_dir
+        # removes it)
+        old = sorted(f for f in os.listdir(self.model_dir) if f.endswith(".pth") and not f.startswith("."))
+        if not old:
+            return
+        if not self.options.overwrite:
+            last = max((f for f in old if f[:-4].isdigit()), default=None)
+            resume = f" resume with --resume_from {int(last[:-4])}," if last else ""
+            raise ValueError(f"{self.model_dir} already holds {len(old)} checkpoint(s) of --schedule "
+                             f"{self.schedule.name} ({old[0]} ... {old[-1]});{resume} use another --experimentid, "
+                             f"or pass --overwrite to delete them and start again")
+        if self.processes.is_main:
+            for name in old:
+                os.remove(os.path.join(self.model_dir, name))
+            log.warning("--overwrite: deleted %d earlier checkpoint(s) in %s", len(old), self.model_dir)
+
+    def write_run_record(self, start: int, max_iter: int) -> None:
+        """Append this invocation to <experiment>/run<suffix>.json (run.json for step1): what started it and on
+        what, so that a result can be traced to its command, inputs and software."""
+        path = os.path.join(self.exp_dir, f"run{self.schedule.suffix}.json")
+        runs = []
+        if os.path.isfile(path):
+            try:
+                with open(path) as handle:
+                    runs = list(json.load(handle).get("runs", []))
+            except (OSError, ValueError, AttributeError):
+                log.warning("%s is not a run record; starting a new one", path)
+        init = self.init_model if self.options.resume_from <= 0 else None
+        resumed = self._checkpoint_path(self.options.resume_from) if self.options.resume_from > 0 else None
+        record = {
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": shlex.join(["python", "train.py", *self.options.command]), "argv": list(self.options.command),
+            "method": self.cfg["method"], "schedule": self.schedule.name, "config": self.config_path,
+            "seed": self.seed, "amp": self.amp, "channels_last": self.channels_last,
+            "start_iteration": start, "max_iter": max_iter,
+            "init_model": init, "init_model_sha256": _sha256(init) if init else None,
+            "resumed_from": resumed, "resumed_from_sha256": _sha256(resumed) if resumed else None,
+            "device": _device_name(self.device), "world_size": self.processes.world_size,
+            "git_commit": _git_commit(), "packages": _package_versions(), "python": platform.python_version(),
+        }
+        runs.append(record)
+        atomic_write(path, lambda handle: json.dump({"runs": runs}, handle, indent=2), binary=False)
+
+    def train(self) -> int:
+        """Train the schedule; returns train.py's exit status: 0, or 128 + the signal number when SIGINT/SIGTERM
+        stopped the run (its state saved, the resume command printed)."""
         cfg, options = self.cfg, self.options
         processes = self.processes
+        self._refuse_overwrite()
+        self.check_data(("train", "test"))
         if processes.is_main:   # writable, and no temporary files of a killed save (before any work)
             prepare_snapshot_dir(self.model_dir)
         train_data = self._dataset("train", train=True, seed=self.seed)
@@ -333,13 +497,32 @@ class Run:
             save_config(cfg, os.path.join(self.exp_dir, self.schedule.config_copy))
         full = iter_max(cfg, self.schedule.name)
         max_iter = full if options.max_iter is None else min(options.max_iter, full)
+        if processes.is_main:
+            self.write_run_record(start, max_iter)
+        self.guard = NonFiniteGuard(options.skip_nonfinite)
         hooks = _RunHooks(self, start, max_iter)
         try:
-            fit(self.trainer, self.stream, hooks, start=start, max_iter=max_iter, snapshot=cfg["snapshot"],
-                display_interval=cfg["display_interval"], log_interval=cfg["log_interval"], device=self.device)
+            with StopRequests() as requests:
+                hooks.requests = requests
+                stopped = fit(self.trainer, self.stream, hooks, start=start, max_iter=max_iter,
+                              snapshot=cfg["snapshot"], display_interval=cfg["display_interval"],
+                              log_interval=cfg["log_interval"], device=self.device, guard=self.guard)
         finally:
             hooks.close()
             processes.close()
+        if self.guard.skipped:
+            log.warning("skipped %d batch(es) with a non-finite loss (the last at %s); --skip_nonfinite %d",
+                        self.guard.skipped, self.guard.last, options.skip_nonfinite)
+        if stopped is None:
+            return 0
+        name = signal.Signals(requests.signum).name if requests.signum else "a stop request"
+        if stopped > 0 and (stopped > start or options.resume_from > 0):
+            log.warning("%s: stopped at iteration %d, its state saved in %s; resume with:\n  %s", name, stopped,
+                        self._checkpoint_path(stopped), resume_command(options.command, stopped,
+                                                                       processes.world_size))
+        else:
+            log.warning("%s: stopped before the first iteration; nothing to resume, start the run again", name)
+        return 128 + (requests.signum or signal.SIGTERM)
 
     @torch.no_grad()
     def _calibrate_batchnorm(self, batches: int, train_data) -> None:
@@ -381,7 +564,13 @@ class _RunHooks(LoopHooks):
         self.max_iter = max_iter
         self.writer = None
         self.bar = None
+        self.requests: Optional[StopRequests] = None
         self.loader = run._test_loader()     # this process's share of the test set
+        self.console_filters = []
+        for handler in log.handlers:        # display_interval lines go to the console only (see `losses`)
+            if isinstance(handler, logging.FileHandler):
+                handler.addFilter(_skip_console_only)
+                self.console_filters.append(handler)
         if self.main:
             from tensorboardX import SummaryWriter
             self.writer = SummaryWriter(os.path.join(run.exp_dir, "tensorboard", self.schedule))
@@ -395,20 +584,32 @@ class _RunHooks(LoopHooks):
             self.bar.update(1)
 
     def losses(self, iteration: int, phase: str, means: Dict[str, float], to_log_file: bool) -> None:
-        finite = {k: v for k, v in means.items() if v == v}       # D_gp is NaN unless gan_type is wgan-gp
-        if to_log_file:
-            log.info(f"[{self.schedule} {phase}] iter {iteration}/{self.max_iter} "
-                     + " ".join(f"{k} {v:.4f}" for k, v in finite.items()))
+        """Faithful to the original: the running means are printed every display_interval iterations and appended
+        to the log file every log_interval; a NaN or inf is printed as `nan` / `inf`, never dropped."""
+        skipped = self.run.guard.skipped
+        line = (f"[{self.schedule} {phase}] iter {iteration}/{self.max_iter} "
+                + " ".join(f"{k} {format_value(v)}" for k, v in means.items())
+                + (f" skipped_nonfinite {skipped}" if skipped else ""))
+        log.info(line, extra={} if to_log_file else {CONSOLE_ONLY: True})
         if self.bar is not None:
             self.bar.set_postfix({k: f"{v:.3f}" for k, v in means.items() if k in ("cls_real", "cls_fake", "KLD")})
         if self.writer is not None:
-            for k, v in finite.items():
+            for k, v in means.items():
                 self.writer.add_scalar(f"{phase}/{k}", v, iteration)
             for net, lr in self.run.trainer.learning_rates().items():
                 self.writer.add_scalar(f"lr/{net}", lr, iteration)
 
     def snapshot(self, iteration: int) -> None:
         self.run.save(iteration)
+
+    def stop(self, iteration: int) -> bool:
+        """A SIGINT/SIGTERM arrived (on any rank: with several processes one tiny all-reduce per iteration, so all
+        ranks stop at the same iteration)."""
+        requested = self.requests is not None and self.requests.signum is not None
+        if not self.run.processes.enabled:
+            return requested
+        flag = torch.tensor([1.0 if requested else 0.0], device=self.run.device)
+        return bool(self.run.processes.all_reduce_sum(flag).item() > 0)
 
     def test(self, iteration: int) -> None:
         """Every process scores its share of the test set; the summed confusion gives all of them the scores,
@@ -423,7 +624,111 @@ class _RunHooks(LoopHooks):
             self.writer.add_scalar(f"test/{k}", scores[k], iteration)
 
     def close(self) -> None:
+        for handler in self.console_filters:
+            handler.removeFilter(_skip_console_only)
         if self.bar is not None:
             self.bar.close()
         if self.writer is not None:
             self.writer.close()
+
+
+CONSOLE_ONLY = "console_only"     # a log record's extra flag: not for the log file
+
+
+def _skip_console_only(record: logging.LogRecord) -> bool:
+    return not getattr(record, CONSOLE_ONLY, False)
+
+
+class StopRequests:
+    """SIGINT/SIGTERM handlers for the training loop: the first signal asks the loop to save and stop at the next
+    iteration boundary; a second one exits at once (SystemExit 128 + signal: an unfinished atomic save removes its
+    temporary file). The previous handlers come back on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self.previous = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise SystemExit(128 + signum)
+        self.signum = signum
+        # os.write is safe in a signal handler (the logger's locks may be held by the interrupted code)
+        os.write(2, f"\n{signal.Signals(signum).name}: saving a checkpoint at the next iteration boundary, then "
+                    f"stopping; send it again to exit at once\n".encode())
+
+    def __enter__(self) -> "StopRequests":
+        for sig in self.SIGNALS:
+            try:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:      # not the main thread (an embedding program's worker thread): no handlers
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+# flags a resume command drops: the resume sets them itself, or they do not apply to a resumed run
+_NOT_RESUMED = {"--resume_from": 1, "--overwrite": 0, "--init_model": 1, "--extend_to": 1}
+
+
+def resume_command(argv: Sequence[str], iteration: int, world_size: int = 1) -> str:
+    """The command line that resumes this run at `iteration`: its own arguments without --resume_from, --overwrite,
+    --init_model and --extend_to (the checkpoint holds what they set), plus --resume_from <iteration>."""
+    kept, skip = [], 0
+    for arg in argv:
+        if skip:
+            skip -= 1
+            continue
+        flag = arg.split("=", 1)[0]
+        if flag in _NOT_RESUMED:
+            skip = 0 if "=" in arg else _NOT_RESUMED[flag]
+            continue
+        kept.append(arg)
+    start = ["python"] if world_size == 1 else ["torchrun", "--nproc_per_node", str(world_size)]
+    return shlex.join([*start, "train.py", *kept, "--resume_from", str(iteration)])
+
+
+def _sha256(path: str) -> Optional[str]:
+    if not os.path.isfile(path):
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _git_commit() -> Optional[str]:
+    """HEAD of the code's git repository (with `+dirty` for uncommitted changes), None outside one."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return commit.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _package_versions() -> Dict[str, Optional[str]]:
+    from importlib import metadata
+    out = {}
+    for name in ("torch", "numpy", "opencv-python", "opencv-python-headless", "pillow", "pyyaml", "tensorboardX"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"

@@ -15,7 +15,7 @@ unscales at the step when it uses a gradient scaler.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -57,6 +57,9 @@ class Trainer:
 
     # networks whose `<net>_opt.lr*` keys a schedule reads
     networks: Sequence[str] = ()
+    # set by the loop (libs/engine/loop.py:NonFiniteGuard): sees an iteration's global logged values after the
+    # forward pass and before any update; False = skip the batch (docs/method.md §8.8)
+    nonfinite_guard: Optional[Callable[[Dict[str, torch.Tensor]], bool]] = None
     # the --schedule values the method trains with (None: every schedule of libs/engine/schedules.py)
     schedules: Optional[Sequence[str]] = None
 
@@ -82,6 +85,15 @@ class Trainer:
     def learning_rates(self) -> Dict[str, float]:
         """Current base rate (first parameter group) per network, in the log's order."""
         return {name: sched.optimizer.param_groups[0]["lr"] for name, sched in self.schedulers.items()}
+
+    def checked_values(self, values: Dict[str, torch.Tensor]) -> Optional[Dict[str, torch.Tensor]]:
+        """The iteration's logged values, summed over the processes (each holds its share of the global means),
+        or None when the non-finite guard skips the batch; call it before the first backward pass."""
+        if self.parallel is not None:
+            values = self.parallel.sum_values(values)
+        if self.nonfinite_guard is not None and not self.nonfinite_guard(values):
+            return None
+        return values
 
     # ---- gradients and updates ------------------------------------------------------------------------------
     def backward(self, net: str, loss: torch.Tensor, retain: bool = True, accumulate: bool = False) -> None:

@@ -200,6 +200,9 @@ class CaGNetTrainer(Trainer):
             if out is None:
                 return None
             losses, values = self._step1_losses(out, shard, summaries, images.device)
+        values = self.checked_values(values)
+        if values is None:          # a non-finite loss, skipped before any update (docs/method.md §8.8)
+            return None
         self.backward("dis", losses["dis"])
         if self.update_back:
             self.backward("back", losses["back"])
@@ -222,7 +225,7 @@ class CaGNetTrainer(Trainer):
         self.precision.end_iteration()
         h, w_ = model.feature_shape(*images.shape[-2:])
         self.num_pixels = (images.shape[0] if shard is None else shard.images.total) * h * w_
-        return values if self.parallel is None else self.parallel.sum_values(values)
+        return values
 
     def _step1_losses(self, out, shard, summaries, device):
         """loss_D, loss_B, loss_G (docs/method.md §3.7) and the logged values of a step-1 forward; with a shard,
@@ -272,6 +275,8 @@ class CaGNetTrainer(Trainer):
                   "KLD": (w.B_KLD * kld).detach(), "D_real": d_real.detach(), "D_fake": d_fake.detach(),
                   "D_gp": d_gp.detach(), "cls_real": cls_real.detach(), "cls_fake": cls_fake.detach(),
                   "acc_real": acc_real, "acc_fake": acc_fake}
+        if self.gan_type != "wgan-gp":
+            del values["D_gp"]      # no gradient penalty: nothing to log (a NaN here would look like a fault)
         return losses, values
 
     # ---- several processes: the global batch ----------------------------------------------------------
@@ -339,6 +344,9 @@ class CaGNetTrainer(Trainer):
             out = model.step2(num_pixels if rows is None else rows.count, self.prior, rows=rows)
         with self.precision.autocast():
             cls_fake, acc_fake = self._classification(model.dis.logits(out.fake, rows), out.labels, rows)
+        values = self.checked_values({"cls_fake": cls_fake.detach(), "acc_fake": acc_fake})
+        if values is None:
+            return None
         self.backward("dis", w.D_cls_fake_transfer * cls_fake, retain=w.G_cls_transfer != 0)
         self.backward("gen", w.G_cls_transfer * cls_fake, retain=False)
         self.update("dis")
@@ -347,8 +355,7 @@ class CaGNetTrainer(Trainer):
             self.schedulers["back"].step()
         self.update("gen")
         self.precision.end_iteration()
-        values = {"cls_fake": cls_fake.detach(), "acc_fake": acc_fake}
-        return values if self.parallel is None else self.parallel.sum_values(values)
+        return values
 
     # ---- self-training ------------------------------------------------------------------------------
     def self_training_step(self, images: torch.Tensor, labels: torch.Tensor):

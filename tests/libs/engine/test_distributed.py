@@ -197,6 +197,13 @@ def test_two_process_runs_train_the_one_process_model(tmp_path):
         assert all(torch.equal(r["torch"], state["rng_ranks"][0]["torch"]) for r in state["rng_ranks"])
     # the stream counts global items, the same with one and two processes; it went through epochs of 4 + 1 images
     assert streams[0] == streams[1] and streams[0]["epoch"] >= 1
+    # rank 0 logs the global losses (each rank's part of a global mean, summed over the ranks): the loss lines of
+    # both runs are the same, digit for digit
+    lines = []
+    for world in (1, 2):
+        text = open(os.path.join(str(tmp_path / f"R{world}"), toy.name, "0", "logs_transfer.txt")).read()
+        lines.append([line.split(" ", 2)[2] for line in text.splitlines() if "] iter " in line])
+    assert len(lines[0]) == 3 and lines[0] == lines[1]
 
 
 def test_two_process_run_resumes_exactly(tmp_path):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import hashlib
 import json
 import logging
 import os
@@ -42,7 +41,7 @@ from libs.engine.methods import get_method
 from libs.engine.precision import Precision
 from libs.engine.rng import rng_state, seed_everything, set_rng_state
 from libs.engine.schedules import SCHEDULES, TEST_LOG, Schedule, get_schedule
-from libs.io import atomic_write, log, progress_bar, setup_logging
+from libs.io import atomic_write, file_sha256, log, progress_bar, setup_logging
 from libs.metrics import SCORE_KEYS, class_table, format_all_scores, format_score_table, scores_to_json
 from models.backbone import FrozenBatchNorm2d
 from models.initialization import init_weights
@@ -693,13 +692,8 @@ def resume_command(argv: Sequence[str], iteration: int, world_size: int = 1) -> 
 
 
 def _sha256(path: str) -> Optional[str]:
-    if not os.path.isfile(path):
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """libs.io.file_sha256 (cached: a file hashed at loading is not read again), None for a path that is no file."""
+    return file_sha256(path) if os.path.isfile(path) else None
 
 
 def _git_commit() -> Optional[str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Dict, Sequence
 
 import numpy as np
@@ -24,6 +23,7 @@ from libs.engine.evaluation import predicted_ids
 from libs.engine.run import Run, RunOptions, run_config
 from libs.metrics import SCORE_KEYS, gzsl_scores, new_confusion, update_confusion
 from models.ops import nearest_resize
+from tools import run_cli
 
 DEFAULT_GAMMAS = tuple(round(0.1 * k, 1) for k in range(10))
 
@@ -92,8 +92,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

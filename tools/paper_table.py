@@ -17,8 +17,9 @@ import csv
 import json
 import math
 import os
-import sys
 from typing import Dict, List, Optional, Sequence
+
+from tools import run_cli
 
 COLUMNS = (("hIoU", "hIoU"), ("mIoU", "mIoU"), ("pixel acc.", "pixel_acc"), ("mean acc.", "mean_acc"),
            ("S-mIoU", "S-mIoU"), ("U-mIoU", "U-mIoU"))
@@ -176,8 +177,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

@@ -16,7 +16,6 @@ import argparse
 import json
 import math
 import os
-import sys
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
@@ -24,6 +23,7 @@ import numpy as np
 
 from libs.io import atomic_write
 from libs.metrics import SCORE_KEYS
+from tools import run_cli
 
 GROUP_KEYS = ("method", "dataset", "eval_mode", "calibration")
 
@@ -150,8 +150,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

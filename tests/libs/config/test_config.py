@@ -163,7 +163,7 @@ SHIPPED["demo_zs3net.yaml"] = ("step1", {"step1"})
 SHIPPED["demo_spnet.yaml"] = ("step1", {"step1"})
 SHIPPED["demo_st.yaml"] = ("st", {"st"})
 SHIPPED["demo_st_transfer.yaml"] = ("st_mixed", {"st_mixed"})
-EXPECTED["demo_spnet.yaml"] = {"method": "spnet", "ITER_MAX": 1500, "init_model": "none"}
+EXPECTED["demo_spnet.yaml"] = {"method": "spnet", "ITER_MAX": 600, "init_model": "none"}
 EXPECTED["demo_st.yaml"] = {"ITER_MAX_ST": 200, "update_back": True,
                             "init_model": "./Results/demo/0/models_transfer/00001200.pth"}
 EXPECTED["demo_st_transfer.yaml"] = {"ITER_MAX_ST_TRANSFER": 200, "update_back": False,

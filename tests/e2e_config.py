@@ -1,5 +1,7 @@
 """Tiny configs for end-to-end runs through train.py: the shipped configs with a tiny model and dataset."""
 import os
+import subprocess
+import sys
 
 import yaml
 
@@ -37,3 +39,12 @@ def write_tiny_config(path, base, toy, save_path, **changes):
     with open(path, "w") as handle:
         yaml.safe_dump(data, handle, sort_keys=False)
     return path
+
+
+def run_train(*args, ok=True, timeout=300):
+    """`python train.py --device cpu ARGS` in a subprocess from the repository root; with ok, rc 0 is asserted."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--device", "cpu", *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    if ok:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc

@@ -5,25 +5,18 @@ step-2 block, a run stopped with --max_iter between snapshots and resumed from t
 original's) inside a step-2 block resumes instead of failing."""
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from libs.checkpoint import export_original
 from tests.datagen import write_dataset
-from tests.e2e_config import ROOT, write_tiny_config
+from tests.e2e_config import run_train, write_tiny_config
 
 pytestmark = pytest.mark.slow   # subprocess runs of train.py
 
 
-def train(*args, ok=True):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--device", "cpu", *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
-    if ok:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+train = run_train
 
 
 def load(path):

@@ -2,27 +2,20 @@
 -> --val (JSON with method zs3net), and an exact resume inside stage 2."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from libs.metrics import SCORE_KEYS
 from tests.datagen import write_dataset
-from tests.e2e_config import ROOT, write_tiny_config
+from tests.e2e_config import run_train, write_tiny_config
 
 pytestmark = pytest.mark.slow   # subprocess runs of train.py
 
 TINY_ZS3 = {"zs3_noise_dim": 8, "zs3_gen_hidden": 12, "zs3_mmd_samples": 16}
 
 
-def train(*args, ok=True):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--device", "cpu", *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
-    if ok:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+train = run_train
 
 
 def load(path):

@@ -72,9 +72,15 @@ class Processes:
             dist.all_reduce(tensor)
         return tensor
 
-    def close(self) -> None:
+    def close(self, finished: bool = False) -> None:
+        """Leave the process group. `finished`: every rank ran to the end (not an exception on this rank), so all
+        wait for each other first and none tears down its connections while a peer still uses them (a rank that
+        left early could abort at exit: "terminate called without an active exception", seen once in CI). After
+        an exception there is no barrier: the peers may never reach it."""
         if self.enabled:
             import torch.distributed as dist
+            if finished:
+                dist.barrier()
             dist.destroy_process_group()
 
 

@@ -362,12 +362,14 @@ class Run:
                  save_colour: bool = False) -> dict:
         """--val: the test set once (sharded over the processes under torchrun); the paper's table and all 16
         scores in the log, the scores as JSON and the per-class values as CSV beside it (`class_csv_path`)."""
+        finished = False
         try:
             self.check_data(("test",))
             scores = self.test_scores(self._test_loader(save_colour), predictions_dir,
                                       progress_bar("test") if self.processes.is_main else None, save_colour)
+            finished = True
         finally:
-            self.processes.close()
+            self.processes.close(finished)
         names = self.splits.test_names
         log.info("%s\n%s\n\n%s", f"Test results of {self.init_model} ({self.evaluation_name()}):",
                  format_score_table({self.cfg["method"]: scores}, names), format_all_scores(scores))
@@ -500,15 +502,17 @@ class Run:
             self.write_run_record(start, max_iter)
         self.guard = NonFiniteGuard(options.skip_nonfinite)
         hooks = _RunHooks(self, start, max_iter)
+        finished = False
         try:
             with StopRequests() as requests:
                 hooks.requests = requests
                 stopped = fit(self.trainer, self.stream, hooks, start=start, max_iter=max_iter,
                               snapshot=cfg["snapshot"], display_interval=cfg["display_interval"],
                               log_interval=cfg["log_interval"], device=self.device, guard=self.guard)
+            finished = True
         finally:
             hooks.close()
-            processes.close()
+            processes.close(finished)
         if self.guard.skipped:
             log.warning("skipped %d batch(es) with a non-finite loss (the last at %s); --skip_nonfinite %d",
                         self.guard.skipped, self.guard.last, options.skip_nonfinite)

@@ -80,7 +80,8 @@ class Processes:
         if self.enabled:
             import torch.distributed as dist
             if finished:
-                dist.barrier()
+                # NCCL's barrier needs this process's device (else it guesses GPU 0 and warns)
+                dist.barrier(device_ids=[self.local_rank] if self.local_rank is not None else None)
             dist.destroy_process_group()
 
 

@@ -11,6 +11,7 @@ import csv
 import datetime
 import json
 import logging
+import math
 import os
 import platform
 import shlex
@@ -567,6 +568,7 @@ class _RunHooks(LoopHooks):
         self.max_iter = max_iter
         self.writer = None
         self.bar = None
+        self.said_undefined = False
         self.requests: Optional[StopRequests] = None
         self.loader = run._test_loader()     # this process's share of the test set
         self.console_filters = []
@@ -623,8 +625,15 @@ class _RunHooks(LoopHooks):
             return
         lines = [f"Test results: {run.evaluation_name()}"] + [f"{k}: {scores[k]:.4f}" for k in SCORE_KEYS]
         log.info("\n".join(lines) + "\n" + json.dumps(scores_to_json(scores, run.splits.test_names)["class_iou"]))
+        undefined = [k for k in SCORE_KEYS if not math.isfinite(scores[k])]
+        if undefined and not self.said_undefined:
+            # e.g. U-mIoU of a test set without unseen pixels (a mean over no class, as the original's nanmean);
+            # TensorBoard would only warn "NaN or Inf found in input tensor." without saying which or why
+            log.info("%s: nan, no test pixel of the classes averaged; not written to TensorBoard", ", ".join(undefined))
+            self.said_undefined = True
         for k in SCORE_KEYS:
-            self.writer.add_scalar(f"test/{k}", scores[k], iteration)
+            if k not in undefined:
+                self.writer.add_scalar(f"test/{k}", scores[k], iteration)
 
     def close(self) -> None:
         for handler in self.console_filters:

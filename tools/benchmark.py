@@ -26,9 +26,13 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
+
+if not __package__:  # `python tools/<name>.py`: the repository root on the path, as `python -m tools.<name>` has it
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
 import torch.nn.functional as F

@@ -20,6 +20,9 @@ import re
 import sys
 from typing import List, Mapping, Optional, Sequence, Tuple
 
+if not __package__:  # `python tools/<name>.py`: the repository root on the path, as `python -m tools.<name>` has it
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import numpy as np
 
 from libs.datasets.embeddings import NORM_EPS

@@ -13,7 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from typing import Dict, Sequence
+
+if not __package__:  # `python tools/<name>.py`: the repository root on the path, as `python -m tools.<name>` has it
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 import torch

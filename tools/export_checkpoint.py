@@ -6,6 +6,9 @@ import argparse
 import os
 import sys
 
+if not __package__:  # `python tools/<name>.py`: the repository root on the path, as `python -m tools.<name>` has it
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from libs.checkpoint import TRUST_FLAG, atomic_save, export_original, read_checkpoint
 from libs.io import OutputError, setup_logging
 

@@ -19,6 +19,9 @@ import argparse
 import os
 import sys
 
+if not __package__:  # `python tools/<name>.py`: the repository root on the path, as `python -m tools.<name>` has it
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from tools.split_lists import build_split_list, save_split_list, verify_split_list
 
 

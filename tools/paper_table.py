@@ -17,7 +17,11 @@ import csv
 import json
 import math
 import os
+import sys
 from typing import Dict, List, Optional, Sequence
+
+if not __package__:  # `python tools/<name>.py`: the repository root on the path, as `python -m tools.<name>` has it
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tools import run_cli
 

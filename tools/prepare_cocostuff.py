@@ -18,6 +18,9 @@ import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
+if not __package__:  # `python tools/<name>.py`: the repository root on the path, as `python -m tools.<name>` has it
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import numpy as np
 from PIL import Image
 

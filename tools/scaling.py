@@ -16,8 +16,12 @@ import argparse
 import os
 import socket
 import statistics
+import sys
 import tempfile
 import time
+
+if not __package__:  # `python tools/<name>.py`: the repository root on the path, as `python -m tools.<name>` has it
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
 import torch.distributed as dist

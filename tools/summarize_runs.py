@@ -16,8 +16,12 @@ import argparse
 import json
 import math
 import os
+import sys
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
+
+if not __package__:  # `python tools/<name>.py`: the repository root on the path, as `python -m tools.<name>` has it
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 

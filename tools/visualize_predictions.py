@@ -10,8 +10,12 @@ truth; `--no_mask` shows the raw predictions everywhere. The images shown are ch
 preferring images with unseen classes and covering as many different classes as possible.
 """
 import argparse
+import os
 import sys
 from pathlib import Path
+
+if not __package__:  # `python tools/<name>.py`: the repository root on the path, as `python -m tools.<name>` has it
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cv2
 import numpy as np
